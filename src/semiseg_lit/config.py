@@ -1,0 +1,257 @@
+"""Typed configuration schemas (Hydra structured configs).
+
+Every YAML file of a config group starts its defaults list with the matching ``base_*`` schema
+stored here, so a misspelled key or a wrong type fails when Hydra composes the config, with a
+message that names the key, instead of being silently ignored.
+
+The schemas mirror the config groups in ``conf/``: ``paths``, ``data``, ``model``, ``method``,
+``trainer``, ``logger``, ``callbacks``. Method schemas have one sub-node per method
+(``method.ael``, ``method.eln``) so a sweep such as ``-m method.ael.alpha=0.5,1.0`` is typed too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    data_dir: str = "${paths.root_dir}/data"
+    cache_dir: str = "${oc.env:SEMISEG_CACHE,${oc.env:HOME,.}/.cache/semiseg_lit}"
+    log_dir: str = "${paths.root_dir}/logs"
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class SynthscapesConfig:
+    """Parameters of the procedural dataset (``data.synthscapes``); see ``data/synthscapes.py``."""
+
+    n_train: int = 1000
+    n_val: int = 200
+    height: int = 128
+    width: int = 128
+    n_styles: int = 16
+    seed: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation. ``weak`` is geometric (shared by the labeled and both unlabeled views);
+    ``strong`` is photometric and applied on top of the weak view, so the two views stay pixel-aligned."""
+
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    hflip: bool = True
+    # image padding value is the mean colour (0 after normalisation); label padding is ignore (255)
+    # by default. AEL parity pads labels with 0 (ael.md §9).
+    pad_label: int = 255
+    strong: list[Any] = field(default_factory=list)
+    # the large-scale-jitter range of AEL's copy-paste partner images (ael.md §4 ACP)
+    partner_scale_range: list[float] = field(default_factory=lambda: [0.1, 2.0])
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    # dataset layout: synthscapes | cityscapes | voc | folder
+    dataset: str = MISSING
+    root: str = MISSING
+    num_classes: int = MISSING
+    class_names: list[str] | None = None
+    palette: list[list[int]] | None = None
+    head_classes: list[int] | None = None
+    tail_classes: list[int] | None = None
+    ignore_index: int = 255
+    label_remap: dict[int, int] | None = None
+    # partition: explicit split lists (any published format) or a seeded draw of n_labeled images
+    labeled_list: str | None = None
+    unlabeled_list: str | None = None
+    val_list: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    n_labeled: int | None = None
+    split_seed: int = 0
+    # folder layout only
+    image_dir: str | None = None
+    mask_dir: str | None = None
+    image_suffix: str = ".jpg"
+    mask_suffix: str = ".png"
+    # voc layout only: SegmentationClassAug | SegmentationClass | auto
+    voc_mask_dir: str = "auto"
+    # geometry and batches (batch sizes are GLOBAL: divided by the world size)
+    crop_size: int = 96
+    labeled_batch_size: int = 8
+    unlabeled_batch_size: int = 8
+    val_batch_size: int = 8
+    # fast in-training validation: center_crop | whole | sliding
+    val_mode: str = "whole"
+    val_crop_size: int | None = None
+    num_workers: int = 2
+    pin_memory: bool = False
+    persistent_workers: bool = True
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    synthscapes: SynthscapesConfig = field(default_factory=SynthscapesConfig)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "deeplabv3plus"
+    encoder: str = "resnet18"
+    # "imagenet" is the documented choice for real experiments (needs the weights on disk or a
+    # network); null = random init; a path to a local state dict file loads that file.
+    encoder_weights: str | None = None
+    output_stride: int = 16
+    decoder_channels: int = 256
+    atrous_rates: list[int] = field(default_factory=lambda: [12, 24, 36])
+    aspp_separable: bool = False
+    aspp_dropout: float = 0.1
+    aux_head: bool = False
+    aux_channels: int = 256
+    projection_dim: int | None = None
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    backbone_lr_mult: float = 1.0
+    head_lr_mult: float = 10.0
+    # poly | constant
+    scheduler: str = "poly"
+    poly_power: float = 0.9
+    warmup_steps: int = 0
+
+
+@dataclass
+class LossConfig:
+    # ce | ohem
+    name: str = "ce"
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100000
+    aux_weight: float = 0.4
+
+
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+    _target_: str = MISSING
+    # which model is evaluated/checkpointed as "the" model: student | teacher
+    eval_model: str = "student"
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    # per-method sub-nodes (filled by method/ael.yaml and method/eln.yaml)
+    ael: dict[str, Any] | None = None
+    eln: dict[str, Any] | None = None
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_steps: int = 1000
+    val_check_interval: int = 250
+    log_every_n_steps: int = 10
+    gradient_clip_val: float | None = None
+    accumulate_grad_batches: int = 1
+    deterministic: bool = False
+    benchmark: bool = False
+    sync_batchnorm: bool = False
+    enable_progress_bar: bool = True
+    num_sanity_val_steps: int = 0
+    limit_val_batches: float | None = None
+    fast_dev_run: bool = False
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    project: str = "semiseg_lit"
+    entity: str | None = None
+    # offline | online | disabled. "offline" also applies when no API key is configured.
+    mode: str = "offline"
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    log_model: bool = False
+
+
+@dataclass
+class CSVConfig:
+    enabled: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    csv: CSVConfig = field(default_factory=CSVConfig)
+
+
+@dataclass
+class CheckpointConfig:
+    monitor: str = "val/miou"
+    mode: str = "max"
+    save_last: bool = True
+
+
+@dataclass
+class CallbacksConfig:
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # EMA teacher / confidence bank settings live in method.* (the callbacks are added by the method)
+    rich_progress: bool = True
+    lr_monitor: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Options of ``task=eval`` (and of the evaluation at the end of training)."""
+
+    # whole | sliding | center_crop; null = data.val_mode
+    mode: str | None = None
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
+    # student | teacher; null = method.eval_model
+    model: str | None = None
+
+
+@dataclass
+class RootConfig:
+    task: str = "train"
+    seed: int = 0
+    ckpt_path: str | None = None
+    name: str = "${method.name}_${data.name}"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+TASKS = ("train", "eval", "check_data")
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore (called once before ``hydra.main``)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=RootConfig)
+    cs.store(group="paths", name="base_paths", node=PathsConfig)
+    cs.store(group="data", name="base_data", node=DataConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="method", name="base_method", node=MethodConfig)
+    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
+    cs.store(group="logger", name="base_logger", node=LoggerConfig)
+    cs.store(group="callbacks", name="base_callbacks", node=CallbacksConfig)

@@ -1,0 +1,316 @@
+"""``SemiSegDataModule``: one LightningDataModule for every method.
+
+A training batch is a dict with one entry per stream the method asks for::
+
+    {"labeled":   {"image": [B_l,3,H,W], "mask": [B_l,H,W], "index": [B_l]},
+     "unlabeled": {"image": weak [B_u,3,H,W], "image_strong": [B_u,3,H,W], "index": [B_u], ("mask")},
+     "partner":   {"image", "mask", "index"}}        # AEL copy-paste partners (large scale jitter)
+
+Each stream is an infinite seeded sampler (``samplers.InfiniteStreamSampler``), so the labeled
+stream cycles independently of the unlabeled one, batches never have size 1, DDP ranks see
+disjoint shards of the same order, and a resumed run continues the exact same streams.
+Batch sizes in the config are GLOBAL and divided by the world size.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset
+
+from semiseg_lit.data.labels import CITYSCAPES, VOC, ClassInfo
+from semiseg_lit.data.samplers import InfiniteStreamSampler, ShardSampler, worker_init
+from semiseg_lit.data.transforms import (
+    EvalTransform,
+    LabeledTransform,
+    UnlabeledTransform,
+    build_transforms,
+)
+
+log = logging.getLogger(__name__)
+
+STREAM_IDS = {"labeled": 1, "unlabeled": 2, "partner": 3}
+
+
+@dataclass
+class Partition:
+    """The resolved file lists of a run."""
+
+    labeled: list
+    unlabeled: list
+    val: list
+    source: str
+
+
+class SeededDataset(Dataset):
+    """Wraps a ``SegmentationDataset``: keys are ``(index, sample_seed)`` pairs from the stream
+    sampler; the seed drives the augmentation of that one sample."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        return self.dataset.get(key[0], seed=key[1])
+
+
+def pad_collate(items: list[dict[str, Any]], ignore_index: int = 255) -> dict[str, Any]:
+    """Collate evaluation samples of different sizes: pad images (0 = mean colour) and masks
+    (ignore) bottom/right to the largest size in the batch; padded pixels never count."""
+    h = max(it["image"].shape[-2] for it in items)
+    w = max(it["image"].shape[-1] for it in items)
+    images = torch.stack([F.pad(it["image"], (0, w - it["image"].shape[-1], 0, h - it["image"].shape[-2]))
+                          for it in items])
+    out: dict[str, Any] = {"image": images, "index": torch.tensor([it["index"] for it in items])}
+    if all("mask" in it for it in items):
+        out["mask"] = torch.stack([
+            F.pad(it["mask"], (0, w - it["mask"].shape[-1], 0, h - it["mask"].shape[-2]), value=ignore_index)
+            for it in items])
+    return out
+
+
+def builtin_class_info(dataset: str) -> ClassInfo | None:
+    if dataset == "synthscapes":
+        from semiseg_lit.data.synthscapes import SYNTHSCAPES
+
+        return SYNTHSCAPES
+    return {"cityscapes": CITYSCAPES, "voc": VOC}.get(dataset)
+
+
+def resolve_class_info(cfg: DictConfig) -> ClassInfo:
+    """Class names / palette / head / tail from the config, defaulting to the built-in tables."""
+    base = builtin_class_info(cfg.dataset)
+    n = int(cfg.num_classes)
+    names = list(cfg.class_names) if cfg.class_names is not None else (
+        list(base.names) if base is not None else [f"class_{i}" for i in range(n)])
+    if len(names) != n:
+        raise ValueError(f"data.class_names has {len(names)} entries but data.num_classes={n}")
+    if cfg.palette is not None:
+        palette = [tuple(int(v) for v in c) for c in cfg.palette]
+    elif base is not None:
+        palette = [tuple(c) for c in base.palette]
+    else:
+        from semiseg_lit.data.labels import voc_colormap
+
+        palette = [tuple(int(v) for v in c) for c in voc_colormap(n)]
+    if len(palette) != n:
+        raise ValueError(f"data.palette has {len(palette)} colours but data.num_classes={n}")
+    head = tuple(cfg.head_classes) if cfg.head_classes is not None else (base.head if base else ())
+    tail = tuple(cfg.tail_classes) if cfg.tail_classes is not None else (base.tail if base else ())
+    for key, idx in (("head_classes", head), ("tail_classes", tail)):
+        bad = [i for i in idx if not 0 <= int(i) < n]
+        if bad:
+            raise ValueError(f"data.{key} has class indices {bad} outside [0, {n})")
+    return ClassInfo(name=cfg.name, names=tuple(names), palette=tuple(palette), head=head, tail=tail)
+
+
+class SemiSegDataModule(pl.LightningDataModule):
+    """Labeled + unlabeled training streams, validation/test loaders, for every method.
+
+    Args:
+        cfg: the ``data`` config node (see ``config.DataConfig``).
+        seed: the run's seed (streams and augmentations derive from it).
+        streams: training streams the method consumes, e.g. ``("labeled",)`` or
+            ``("labeled", "unlabeled")`` or ``("labeled", "unlabeled", "partner")``.
+    """
+
+    def __init__(self, cfg: DictConfig, seed: int = 0, streams: tuple[str, ...] = ("labeled",)):
+        super().__init__()
+        unknown = set(streams) - set(STREAM_IDS)
+        if unknown:
+            raise ValueError(f"unknown training stream(s) {sorted(unknown)}; known: {sorted(STREAM_IDS)}")
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.streams = tuple(streams)
+        self.class_info = resolve_class_info(cfg)
+        self.partition: Partition | None = None
+        self._datasets: dict[str, Dataset] = {}
+
+    # ------------------------------------------------------------------ files
+    @property
+    def num_classes(self) -> int:
+        return int(self.cfg.num_classes)
+
+    def prepare_data(self) -> None:
+        """Generate the procedural dataset once (rank 0); real datasets need no preparation."""
+        if self.cfg.dataset == "synthscapes":
+            self._ensure_synthscapes()
+
+    def _ensure_synthscapes(self) -> Path:
+        from semiseg_lit.data.synthscapes import ensure_synthscapes
+
+        s = self.cfg.synthscapes
+        counts = sorted({8, 16, 32, 64} | ({int(self.cfg.n_labeled)} if self.cfg.n_labeled else set()))
+        return ensure_synthscapes(Path(self.cfg.root), n_train=s.n_train, n_val=s.n_val, height=s.height,
+                                  width=s.width, n_styles=s.n_styles, seed=s.seed, labeled_counts=counts)
+
+    def layout(self):
+        from semiseg_lit.data import datasets as D
+
+        cfg = self.cfg
+        if cfg.dataset in ("cityscapes", "synthscapes"):
+            if cfg.dataset == "synthscapes":
+                self._ensure_synthscapes()
+            return D.CityscapesLayout(Path(cfg.root))
+        if cfg.dataset == "voc":
+            return D.VOCLayout(Path(cfg.root), mask_dir=cfg.voc_mask_dir)
+        if cfg.dataset == "folder":
+            if cfg.image_dir is None:
+                raise ValueError("data=folder needs data.image_dir (and usually data.mask_dir)")
+            return D.FolderLayout(Path(cfg.image_dir), Path(cfg.mask_dir) if cfg.mask_dir else None,
+                                  image_suffix=cfg.image_suffix, mask_suffix=cfg.mask_suffix)
+        raise ValueError(f"data.dataset={cfg.dataset!r} is not one of synthscapes, cityscapes, voc, folder")
+
+    def resolve_partition(self) -> Partition:
+        """Turn the config into labeled / unlabeled / val file lists, with all checks."""
+        from semiseg_lit.data.splits import check_disjoint, check_files_exist, partition
+
+        cfg = self.cfg
+        layout = self.layout()
+        labeled_list = cfg.labeled_list
+        unlabeled_list = cfg.unlabeled_list
+        if cfg.dataset == "synthscapes" and labeled_list is None and cfg.n_labeled:
+            generated = Path(cfg.root) / "splits" / str(int(cfg.n_labeled))
+            if (generated / "labeled.txt").exists():
+                labeled_list = str(generated / "labeled.txt")
+                unlabeled_list = str(generated / "unlabeled.txt")
+
+        if labeled_list is not None:
+            labeled = layout.from_split_file(Path(labeled_list))
+            if unlabeled_list is not None:
+                unlabeled = layout.from_split_file(Path(unlabeled_list))
+            else:  # the complement within the training split
+                ids = {s.id for s in labeled}
+                unlabeled = sorted((s for s in self._split_samples(layout, cfg.train_split) if s.id not in ids),
+                                   key=lambda s: s.id)
+            source = f"{labeled_list} / {unlabeled_list or 'complement of ' + cfg.train_split}"
+        else:
+            if not cfg.n_labeled:
+                raise ValueError("give data.labeled_list (a split file) or data.n_labeled (a seeded draw)")
+            pool = self._split_samples(layout, cfg.train_split)
+            labeled, unlabeled = partition(pool, int(cfg.n_labeled), int(cfg.split_seed))
+            source = f"seeded draw of {cfg.n_labeled} from {cfg.train_split} (split_seed={cfg.split_seed})"
+        val = (layout.from_split_file(Path(cfg.val_list)) if cfg.val_list is not None
+               else self._split_samples(layout, cfg.val_split))
+        check_disjoint(labeled, unlabeled, str(labeled_list or "labeled draw"),
+                       str(unlabeled_list or "unlabeled complement"))
+        check_files_exist(labeled, str(labeled_list or cfg.root))
+        if "unlabeled" in self.streams:
+            if not unlabeled:
+                raise ValueError(f"the unlabeled set is empty ({source}); semi-supervised methods need "
+                                 "unlabeled images: lower data.n_labeled or give data.unlabeled_list")
+            check_files_exist(unlabeled, str(unlabeled_list or cfg.root))
+        if not val:
+            raise ValueError(f"the validation set is empty (data.val_list={cfg.val_list}, "
+                             f"data.val_split={cfg.val_split}, root {cfg.root})")
+        check_files_exist(val, str(cfg.val_list or cfg.root))
+        return Partition(labeled=list(labeled), unlabeled=list(unlabeled), val=list(val), source=source)
+
+    @staticmethod
+    def _split_samples(layout, split: str) -> list:
+        return layout.samples(split) if hasattr(layout, "samples") else []
+
+    # ------------------------------------------------------------------ datasets
+    def setup(self, stage: str | None = None) -> None:
+        if self.partition is not None:
+            return
+        from semiseg_lit.data.datasets import SegmentationDataset
+
+        cfg = self.cfg
+        self.partition = p = self.resolve_partition()
+        log.info("partition: %d labeled, %d unlabeled, %d val (%s)", len(p.labeled), len(p.unlabeled),
+                 len(p.val), p.source)
+        aug = cfg.augment
+        remap = OmegaConf.to_container(cfg.label_remap) if cfg.label_remap else None
+        common = dict(num_classes=self.num_classes, ignore_index=int(cfg.ignore_index), label_remap=remap)
+        geo = dict(crop=int(cfg.crop_size), hflip=bool(aug.hflip), pad_label=int(aug.pad_label),
+                   mean=list(cfg.mean), std=list(cfg.std))
+        self._datasets["labeled"] = SegmentationDataset(
+            p.labeled, transform=LabeledTransform(scale_range=list(aug.scale_range), **geo), **common)
+        if "partner" in self.streams:
+            self._datasets["partner"] = SegmentationDataset(
+                p.labeled, transform=LabeledTransform(scale_range=list(aug.partner_scale_range), **geo), **common)
+        if "unlabeled" in self.streams:
+            # ground truth of unlabeled images is loaded only when it exists (diagnostics only)
+            has_gt = all(s.mask is not None for s in p.unlabeled[:1])
+            self._datasets["unlabeled"] = SegmentationDataset(
+                p.unlabeled, load_mask=has_gt, check_values=False,
+                transform=UnlabeledTransform(scale_range=list(aug.scale_range),
+                                             strong=build_transforms(aug.strong), **geo), **common)
+        self._datasets["val"] = SegmentationDataset(
+            p.val, transform=EvalTransform(mean=list(cfg.mean), std=list(cfg.std)), **common)
+
+    # ------------------------------------------------------------------ loaders
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def per_device_batch(self, stream: str) -> int:
+        _, world = self._world()
+        total = int(self.cfg.unlabeled_batch_size if stream == "unlabeled" else self.cfg.labeled_batch_size)
+        if total % world:
+            raise ValueError(f"data.{'unlabeled' if stream == 'unlabeled' else 'labeled'}_batch_size={total} "
+                             f"(global) is not divisible by the world size {world}")
+        per = total // world
+        if per < 2:
+            raise ValueError(f"{stream} batch per device is {per} (global {total} / world {world}); at least "
+                             "2 images per device are needed (BatchNorm breaks on a batch of one)")
+        return per
+
+    def _consumed_batches(self) -> int:
+        """Training batches already consumed (non-zero when resuming from a checkpoint)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        try:
+            return int(trainer.fit_loop.epoch_loop.batch_progress.total.ready)
+        except AttributeError:
+            return int(trainer.global_step)
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        workers = int(self.cfg.num_workers)
+        return dict(num_workers=workers, pin_memory=bool(self.cfg.pin_memory),
+                    persistent_workers=bool(self.cfg.persistent_workers) and workers > 0,
+                    worker_init_fn=worker_init if workers > 0 else None)
+
+    def stream_loader(self, stream: str, start_batch: int = 0) -> DataLoader:
+        self.setup()
+        rank, world = self._world()
+        batch = self.per_device_batch(stream)
+        sampler = InfiniteStreamSampler(len(self._datasets[stream]), seed=self.seed,
+                                        stream_id=STREAM_IDS[stream], rank=rank, world_size=world,
+                                        start=start_batch * batch)
+        return DataLoader(SeededDataset(self._datasets[stream]), batch_size=batch, sampler=sampler,
+                          drop_last=True, **self._loader_kwargs())
+
+    def train_dataloader(self) -> CombinedLoader:
+        start = self._consumed_batches()
+        loaders = {name: self.stream_loader(name, start) for name in self.streams}
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        rank, world = self._world()
+        kwargs = self._loader_kwargs()
+        kwargs["persistent_workers"] = False
+        return DataLoader(dataset, batch_size=max(1, int(self.cfg.val_batch_size) // world),
+                          sampler=ShardSampler(len(dataset), rank, world),
+                          collate_fn=lambda items: pad_collate(items, int(self.cfg.ignore_index)), **kwargs)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._eval_loader(self._datasets["val"])
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

@@ -1,0 +1,92 @@
+"""Seeded, infinite, rank-sharded training streams.
+
+Each training stream (labeled, unlabeled, copy-paste partners) is an endless sequence of
+``(dataset_index, sample_seed)`` pairs. Pass ``e`` of a stream is a permutation of the dataset
+drawn from ``(seed, stream_id, e)``; position ``k`` of the global stream goes to rank
+``k % world_size``. Hence:
+
+* the labeled stream cycles independently of the unlabeled one (each reshuffles when it runs
+  out), and with ``drop_last`` batching a batch never has size 1;
+* every rank sees a disjoint shard of the same global order (identical on all ranks without
+  communication);
+* the stream is a pure function of its position, so resuming at step ``s`` restarts it at
+  ``s × batch_size`` and reproduces the uninterrupted run (the per-sample seed also fixes the
+  augmentation, see ``transforms.reseed``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+
+def sample_seed(seed: int, stream_id: int, position: int) -> int:
+    """A 31-bit seed for the sample at global ``position`` of a stream (splitmix-style hash)."""
+    ss = np.random.SeedSequence([seed & 0xFFFFFFFF, stream_id, position & 0xFFFFFFFF, position >> 32])
+    return int(ss.generate_state(1)[0] & 0x7FFFFFFF)
+
+
+class InfiniteStreamSampler(Sampler):
+    """Endless seeded stream of ``(index, sample_seed)`` for one rank.
+
+    Args:
+        size: number of items in the dataset (> 0).
+        seed: base seed (the run's ``seed``).
+        stream_id: distinguishes the labeled / unlabeled / partner streams.
+        rank, world_size: this process's shard.
+        start: number of items of THIS rank's shard already consumed (resume offset).
+    """
+
+    def __init__(self, size: int, seed: int, stream_id: int, rank: int = 0, world_size: int = 1,
+                 start: int = 0):
+        if size <= 0:
+            raise ValueError(f"cannot build a training stream over an empty dataset (stream {stream_id})")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.size, self.seed, self.stream_id = size, seed, stream_id
+        self.rank, self.world_size, self.start = rank, world_size, start
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.stream_id, epoch])
+        return rng.permutation(self.size)
+
+    def global_position(self, local_position: int) -> int:
+        return local_position * self.world_size + self.rank
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        local = self.start
+        cached_epoch, perm = -1, None
+        while True:
+            pos = self.global_position(local)
+            epoch, offset = divmod(pos, self.size)
+            if epoch != cached_epoch:
+                perm, cached_epoch = self._permutation(epoch), epoch
+            yield int(perm[offset]), sample_seed(self.seed, self.stream_id, pos)
+            local += 1
+
+
+class ShardSampler(Sampler):
+    """Evaluation sampler: rank ``r`` gets items ``r, r+W, r+2W, …`` with NO padding, so a
+    dataset-level confusion matrix summed over ranks counts every image exactly once (Lightning's
+    default DistributedSampler repeats samples to even out the shards, libraries.md §D.4)."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, size, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def worker_init(worker_id: int) -> None:
+    """Keep each DataLoader worker single-threaded in OpenCV/torch (the workers are the parallelism)."""
+    import cv2
+
+    cv2.setNumThreads(0)
+    torch.set_num_threads(1)

@@ -1,0 +1,182 @@
+"""Shared LightningModule machinery: network, optimizer + poly LR, validation metrics, logging.
+
+Methods subclass :class:`SegMethod` and implement ``training_step`` (reading like the paper's
+algorithm box); everything else (parameter groups, per-iteration LR schedule, the evaluation
+protocol, dataset-level confusion matrix, per-class IoU, head/tail mIoU) lives here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from semiseg_lit.data.labels import ClassInfo
+from semiseg_lit.models.deeplab import SegmentationNet, build_segmentation_net
+from semiseg_lit.ops.losses import ohem_cross_entropy
+from semiseg_lit.ops.metrics import segmentation_scores
+from semiseg_lit.ops.sliding_window import (
+    center_crop,
+    default_stride,
+    multi_scale_inference,
+    sliding_window_inference,
+)
+
+
+def poly_lr_factor(step: int, max_steps: int, power: float = 0.9, warmup_steps: int = 0) -> float:
+    """``(1 - step/max_steps)^power`` (ael.md §1 "Poly LR", per iteration), with optional linear warm-up."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, 1.0 - step / max(1, max_steps)) ** power
+
+
+class SegMethod(pl.LightningModule):
+    """Base class of all methods.
+
+    Args:
+        cfg: the full run config (``method``, ``model``, ``data`` nodes are used).
+        class_info: class names / palette / head / tail of the dataset.
+    """
+
+    #: training streams this method consumes (see ``SemiSegDataModule``)
+    streams: tuple[str, ...] = ("labeled",)
+
+    def __init__(self, cfg: DictConfig, class_info: ClassInfo):
+        super().__init__()
+        self.cfg = cfg
+        self.class_info = class_info
+        self.num_classes = int(cfg.data.num_classes)
+        self.ignore_index = int(cfg.data.ignore_index)
+        # the resolved config and class table go into every checkpoint (used to rebuild the model
+        # for eval/predict/export and to reject checkpoints of another model)
+        self.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True),
+                                   "class_names": list(class_info.names),
+                                   "palette": [list(c) for c in class_info.palette],
+                                   "head": list(class_info.head), "tail": list(class_info.tail)})
+        self.student: SegmentationNet = self.build_network()
+        self.teacher: nn.Module | None = None
+        self.val_confusion = MulticlassConfusionMatrix(self.num_classes, ignore_index=self.ignore_index,
+                                                       validate_args=False)
+        self.last_scores: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ building
+    def build_network(self) -> SegmentationNet:
+        return build_segmentation_net(self.cfg.model, self.num_classes)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Backbone and head groups with their LR multipliers (``method.optim``)."""
+        o = self.cfg.method.optim
+        groups = self.student.param_groups()
+        return [
+            {"params": groups["backbone"], "lr": o.lr * o.backbone_lr_mult, "name": "backbone"},
+            {"params": groups["head"], "lr": o.lr * o.head_lr_mult, "name": "head"},
+        ]
+
+    def configure_optimizers(self):
+        o = self.cfg.method.optim
+        groups = [g for g in self.param_groups() if g["params"]]
+        if o.name == "sgd":
+            opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                  nesterov=o.nesterov)
+        elif o.name == "adamw":
+            opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        else:
+            raise ValueError(f"method.optim.name={o.name!r}: expected 'sgd' or 'adamw'")
+        if o.scheduler == "constant":
+            return opt
+        if o.scheduler != "poly":
+            raise ValueError(f"method.optim.scheduler={o.scheduler!r}: expected 'poly' or 'constant'")
+        max_steps = int(self.trainer.max_steps) if self.trainer and self.trainer.max_steps > 0 else 1
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: poly_lr_factor(step, max_steps, o.poly_power, o.warmup_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------ losses
+    def supervised_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """CE or OHEM-CE (``method.loss.name``) with ignore index."""
+        loss_cfg = self.cfg.method.loss
+        if loss_cfg.name == "ohem":
+            return ohem_cross_entropy(logits.float(), target, thresh=loss_cfg.ohem_thresh,
+                                      min_kept=loss_cfg.ohem_min_kept, ignore_index=self.ignore_index)
+        if loss_cfg.name == "ce":
+            return F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
+        raise ValueError(f"method.loss.name={loss_cfg.name!r}: expected 'ce' or 'ohem'")
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_network(self) -> nn.Module:
+        """The network that is validated, checkpointed as best and exported (``method.eval_model``)."""
+        which = self.cfg.eval.model or self.cfg.method.eval_model
+        if which == "teacher" and self.teacher is not None:
+            return self.teacher
+        if which not in ("student", "teacher"):
+            raise ValueError(f"method.eval_model={which!r}: expected 'student' or 'teacher'")
+        return self.student
+
+    @torch.no_grad()
+    def predict_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities [B,C,H,W] by the evaluation protocol: ``eval.mode`` (default
+        ``data.val_mode``: whole | center_crop | sliding), ``eval.scales``, ``eval.flip``."""
+        data, ev = self.cfg.data, self.cfg.eval
+        mode = ev.mode or data.val_mode
+        net = self.eval_network()
+        crop = int(data.val_crop_size or data.crop_size)
+        if mode == "sliding":
+            def infer(x: torch.Tensor) -> torch.Tensor:
+                return sliding_window_inference(net, x, self.num_classes, crop=crop, stride=default_stride(crop))
+        elif mode in ("whole", "center_crop"):
+            def infer(x: torch.Tensor) -> torch.Tensor:
+                return net(x).float().softmax(1)
+        else:
+            raise ValueError(f"eval.mode / data.val_mode={mode!r}: expected whole | center_crop | sliding")
+        scales = tuple(float(s) for s in ev.scales)
+        if scales == (1.0,) and not ev.flip:
+            return infer(images)
+        return multi_scale_inference(infer, images, scales=scales, flip=bool(ev.flip))
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        images, masks = batch["image"], batch["mask"]
+        if (self.cfg.eval.mode or self.cfg.data.val_mode) == "center_crop":
+            images, masks = center_crop(images, masks, int(self.cfg.data.val_crop_size or self.cfg.data.crop_size))
+        probs = self.predict_probs(images)
+        self.val_confusion.update(probs.argmax(1), masks)
+
+    def on_validation_epoch_end(self) -> None:
+        cm = self.val_confusion.compute()
+        self.val_confusion.reset()
+        scores = segmentation_scores(cm, head=self.class_info.head, tail=self.class_info.tail)
+        self.last_scores = scores
+        metrics = {"val/miou": scores["miou"], "val/pixel_acc": scores["pixel_acc"]}
+        if "head_miou" in scores:
+            metrics["val/head_miou"] = scores["head_miou"]
+        if "tail_miou" in scores:
+            metrics["val/tail_miou"] = scores["tail_miou"]
+        for name, iou in zip(self.class_info.names, scores["per_class_iou"]):
+            metrics[f"val_iou/{name}"] = iou
+        # the confusion matrix is already summed over ranks; every rank logs the same values
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
+                      prog_bar=False, sync_dist=False)
+        self.log("val/miou", torch.as_tensor(scores["miou"], dtype=torch.float32), prog_bar=True)
+
+    # ------------------------------------------------------------------ checks
+    @staticmethod
+    def check_finite(loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int) -> None:
+        """Raise with the step and the offending loss term when the loss is NaN/inf (one host sync)."""
+        if not bool(torch.isfinite(loss)):
+            bad = [k for k, v in terms.items() if not bool(torch.isfinite(v).all())]
+            raise FloatingPointError(
+                f"non-finite loss at step {step}: {float(loss)} (terms: {bad or 'total only'}); training stopped,"
+                " the last good checkpoint is kept")
+
+    def log_losses(self, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=False,
+                      batch_size=batch_size, prog_bar=False)
+
+    @property
+    def max_steps(self) -> int:
+        return int(self.trainer.max_steps) if self.trainer is not None else 1
+

@@ -1,0 +1,77 @@
+"""``task=eval``: evaluate a checkpoint with the dataset's published protocol.
+
+``python -m semiseg_lit task=eval ckpt_path=PATH [data=...] [eval.mode=sliding] [eval.scales=[0.75,1,1.25]]
+[eval.flip=true] [eval.model=student|teacher]``. The network settings come from the checkpoint
+itself; the data settings (root, split, protocol) from the command line. The per-class IoU table
+is printed and written as JSON and CSV beside the checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from semiseg_lit.checkpointing import CheckpointError, check_compatible, load_checkpoint
+from semiseg_lit.tasks.common import build_datamodule, build_loggers, build_method, build_trainer, output_dir
+from semiseg_lit.tasks.train import _finish_wandb, report, scores_to_json
+
+log = logging.getLogger(__name__)
+
+
+def config_for_checkpoint(cfg: DictConfig, checkpoint: dict, path: Path) -> DictConfig:
+    """The run config with ``model`` and ``method`` taken from the checkpoint."""
+    check_compatible(checkpoint, path, int(cfg.data.num_classes), None)
+    saved = checkpoint["hyper_parameters"]["config"]
+    merged = cfg.copy()
+    with open_dict(merged):
+        merged.model = OmegaConf.merge(merged.model, saved["model"])
+        merged.method = OmegaConf.merge(merged.method, saved["method"])
+        merged.model.encoder_weights = None  # the checkpoint holds all weights
+    return merged
+
+
+def evaluate(cfg: DictConfig) -> float:
+    if not cfg.ckpt_path:
+        raise ValueError("task=eval needs ckpt_path=<checkpoint file>")
+    path = Path(cfg.ckpt_path)
+    checkpoint = load_checkpoint(path)
+    cfg = config_for_checkpoint(cfg, checkpoint, path)
+    pl.seed_everything(int(cfg.seed), workers=True)
+    out = output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    model = build_method(cfg, datamodule)
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit the network it describes: {exc}") from exc
+    loggers = build_loggers(cfg, out)
+    trainer = build_trainer(cfg, out, callbacks=[], loggers=loggers)
+    try:
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+        scores = model.last_scores
+        result = scores_to_json(scores, datamodule.class_info.names)
+        result.update(checkpoint=str(path), mode=cfg.eval.mode or cfg.data.val_mode,
+                      scales=list(cfg.eval.scales), flip=bool(cfg.eval.flip),
+                      model=cfg.eval.model or cfg.method.eval_model, data=cfg.data.name)
+        if trainer.is_global_zero:
+            stem = path.with_suffix("")
+            Path(f"{stem}_eval.json").write_text(json.dumps(result, indent=2))
+            with open(f"{stem}_eval.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["class", "iou"])
+                for name, iou in result["per_class_iou"].items():
+                    w.writerow([name, f"{iou:.6f}"])
+                w.writerow(["mIoU", f"{result['miou']:.6f}"])
+            report(cfg, out, scores, datamodule.class_info, loggers)
+            print(f"evaluation written to {stem}_eval.json and {stem}_eval.csv", flush=True)
+        return result["miou"]
+    finally:
+        _finish_wandb(loggers)
