@@ -13,7 +13,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml setup.cfg $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade "pip>=23" wheel
+	$(PIP) install --quiet --upgrade "pip>=23" wheel "setuptools>=68"
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
 

@@ -14,6 +14,7 @@ Batch sizes in the config are GLOBAL and divided by the world size.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,8 @@ class SemiSegDataModule(pl.LightningDataModule):
         from semiseg_lit.data.synthscapes import ensure_synthscapes
 
         s = self.cfg.synthscapes
-        counts = sorted({8, 16, 32, 64} | ({int(self.cfg.n_labeled)} if self.cfg.n_labeled else set()))
+        wanted = {8, 16, 32, 64} | ({int(self.cfg.n_labeled)} if self.cfg.n_labeled else set())
+        counts = sorted(n for n in wanted if n <= int(s.n_train))
         return ensure_synthscapes(Path(self.cfg.root), n_train=s.n_train, n_val=s.n_val, height=s.height,
                                   width=s.width, n_styles=s.n_styles, seed=s.seed, labeled_counts=counts)
 
@@ -306,7 +308,8 @@ class SemiSegDataModule(pl.LightningDataModule):
         kwargs["persistent_workers"] = False
         return DataLoader(dataset, batch_size=max(1, int(self.cfg.val_batch_size) // world),
                           sampler=ShardSampler(len(dataset), rank, world),
-                          collate_fn=lambda items: pad_collate(items, int(self.cfg.ignore_index)), **kwargs)
+                          collate_fn=functools.partial(pad_collate, ignore_index=int(self.cfg.ignore_index)),
+                          **kwargs)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()

@@ -158,9 +158,9 @@ class SegMethod(pl.LightningModule):
         for name, iou in zip(self.class_info.names, scores["per_class_iou"]):
             metrics[f"val_iou/{name}"] = iou
         # the confusion matrix is already summed over ranks; every rank logs the same values
-        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
-                      prog_bar=False, sync_dist=False)
-        self.log("val/miou", torch.as_tensor(scores["miou"], dtype=torch.float32), prog_bar=True)
+        miou = metrics.pop("val/miou")
+        self.log("val/miou", torch.as_tensor(miou, dtype=torch.float32), prog_bar=True)
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()})
 
     # ------------------------------------------------------------------ checks
     @staticmethod

@@ -98,7 +98,6 @@ def report(cfg: DictConfig, out: Path, scores: dict[str, Any], class_info, logge
             lines.append(f"W&B run:     {Path(run_dir).parent if run_dir else out / 'wandb'}")
     text = "\n".join(lines)
     print(text, flush=True)
-    log.info(text)
 
 
 def _finish_wandb(loggers: list) -> None:

@@ -1,0 +1,193 @@
+"""Reading images and index masks from disk, with clear errors for bad files (specs/data.md §1).
+
+Masks are read as *raw class indices*: palette ('P') PNGs give their palette indices and grey ('L')
+PNGs their grey values. ``.convert('L')`` is never used on masks, since on a palette image it would
+turn class colours into luminance (specs/data.md §1.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+__all__ = [
+    "DataError",
+    "read_image",
+    "read_mask",
+    "label_histogram",
+    "invalid_label_values",
+    "check_label_values",
+    "check_same_hw",
+    "check_same_size",
+    "validate_lut",
+]
+
+PathLike = str | Path
+
+# PIL modes holding 16-bit / 32-bit / float samples.
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# PIL modes whose first band is a raw 8-bit index / grey value.
+_INDEX_MODES = ("P", "L", "1", "LA", "PA")
+_MAX_LISTED = 10
+
+
+class DataError(ValueError):
+    """A data file (image, mask) or data folder is missing, unreadable or inconsistent."""
+
+
+def _open_loaded(path: PathLike, what: str) -> Image.Image:
+    """Open ``path`` with PIL and decode it fully, turning every failure into :class:`DataError`.
+
+    PIL refuses truncated files unless ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set; we refuse to run
+    with that flag on, because it would pad truncated images with grey silently.
+    """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise DataError(
+            f"PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True, so truncated {what} files like {path} would load "
+            "silently; set it back to False"
+        )
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{what} file not found: {p}")
+    if p.stat().st_size == 0:
+        raise DataError(f"{what} file is empty (0 bytes): {p}")
+    try:
+        im = Image.open(p)
+        im.load()
+    except UnidentifiedImageError as e:
+        raise DataError(f"cannot read {what} file {p}: not a recognised image format ({e})") from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read {what} file {p}: truncated or corrupt ({e})") from e
+    return im
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Read an 8-bit image as an (H, W, 3) uint8 RGB array.
+
+    Grey ('L', '1'), palette ('P'), 'RGBA', 'CMYK', 'YCbCr', ... are converted to RGB (alpha dropped).
+    16-bit / float images raise :class:`DataError`. EXIF orientation is *not* applied, because
+    masks carry no EXIF and would no longer line up with the image.
+    """
+    im = _open_loaded(path, "image")
+    with im:
+        if im.mode in _WIDE_MODES:
+            raise DataError(
+                f"image {path} has 16-bit/float mode {im.mode!r}; expected an 8-bit RGB or grey image"
+            )
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        arr = np.asarray(im, dtype=np.uint8).copy()
+    return arr
+
+
+def validate_lut(lut: np.ndarray, name: str = "lut") -> np.ndarray:
+    """Check that ``lut`` is a 256-entry integer table with values in 0..255; return it as uint8."""
+    lut = np.asarray(lut)
+    if lut.shape != (256,) or not np.issubdtype(lut.dtype, np.integer):
+        raise DataError(
+            f"{name} must be an integer array of shape (256,), got shape {lut.shape} dtype {lut.dtype}"
+        )
+    if lut.min() < 0 or lut.max() > 255:
+        raise DataError(f"{name} values must lie in 0..255, got range [{lut.min()}, {lut.max()}]")
+    return lut.astype(np.uint8, copy=False)
+
+
+def read_mask(path: PathLike, lut: np.ndarray | None = None) -> np.ndarray:
+    """Read an 8-bit index mask as an (H, W) uint8 array of raw class indices.
+
+    'P' palette PNGs give palette indices and 'L' PNGs grey values (never luminance). With ``lut``
+    (256 entries, e.g. Cityscapes labelIds -> trainIds) the result is ``lut[mask]``.
+    16-bit and RGB colour masks raise :class:`DataError`.
+    """
+    im = _open_loaded(path, "mask")
+    with im:
+        mode = im.mode
+        if mode in _WIDE_MODES:
+            raise DataError(
+                f"mask {path} is a 16-bit mask (PIL mode {mode!r}); expected an 8-bit index PNG "
+                "(mode 'L' or 'P') whose pixel values are class ids"
+            )
+        if mode not in _INDEX_MODES:
+            raise DataError(
+                f"mask {path} is a colour image (PIL mode {mode!r}); expected an 8-bit index/palette PNG "
+                "(mode 'L' or 'P') whose pixel values are class ids, not colours (e.g. use "
+                "*_gtFine_labelTrainIds.png, not *_gtFine_color.png)"
+            )
+        band = im if mode in ("P", "L", "1") else im.getchannel(0)
+        mask = np.asarray(band).astype(np.uint8, copy=True)
+    if lut is not None:
+        mask = validate_lut(lut)[mask]
+    return mask
+
+
+def label_histogram(mask: np.ndarray) -> np.ndarray:
+    """Pixel count per value of a uint8 mask: ``hist[v] = #{pixels with value v}``, int64[256]."""
+    mask = np.asarray(mask)
+    if mask.dtype != np.uint8:
+        raise DataError(f"label_histogram expects a uint8 mask, got dtype {mask.dtype}")
+    return np.bincount(mask.ravel(), minlength=256).astype(np.int64, copy=False)
+
+
+def _allowed_values(num_classes: int, ignore_index: int) -> np.ndarray:
+    """Boolean table over 0..255 that is True on ``[0, C) ∪ {ignore_index}``."""
+    if not 1 <= num_classes <= 256:
+        raise ValueError(f"num_classes={num_classes}; expected 1 <= num_classes <= 256 for uint8 masks")
+    allowed = np.zeros(256, dtype=bool)
+    allowed[:num_classes] = True
+    if 0 <= ignore_index <= 255:
+        allowed[ignore_index] = True
+    return allowed
+
+
+def invalid_label_values(hist: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """Sorted values v with ``hist[v] > 0`` outside ``[0, C) ∪ {ignore_index}`` (int64 array)."""
+    return np.flatnonzero((np.asarray(hist) > 0) & ~_allowed_values(num_classes, ignore_index))
+
+
+def _format_allowed(num_classes: int, ignore_index: int) -> str:
+    return f"[0, {num_classes}) ∪ {{{ignore_index}}}"
+
+
+def check_label_values(mask: np.ndarray, num_classes: int, path: PathLike, ignore_index: int = 255) -> None:
+    """Raise :class:`DataError` naming ``path`` if ``mask`` holds a value outside ``[0, C) ∪ {ignore}``.
+
+    The message lists the offending values (sorted, at most 10) and the allowed set.
+    """
+    mask = np.asarray(mask)
+    if mask.dtype != np.uint8:
+        if mask.size and (mask.min() < 0 or mask.max() > 255):
+            raise DataError(
+                f"mask {path} has values in [{mask.min()}, {mask.max()}]; allowed values are "
+                f"{_format_allowed(num_classes, ignore_index)}"
+            )
+        mask = mask.astype(np.uint8)
+    bad = invalid_label_values(label_histogram(mask), num_classes, ignore_index)
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:_MAX_LISTED])
+        more = f" (and {bad.size - _MAX_LISTED} more)" if bad.size > _MAX_LISTED else ""
+        raise DataError(
+            f"mask {path} has label values [{shown}]{more} outside the allowed set "
+            f"{_format_allowed(num_classes, ignore_index)}; wrong num_classes, a missing label map "
+            "(e.g. Cityscapes labelIds -> trainIds) or a colour mask?"
+        )
+
+
+def check_same_hw(
+    image_hw: Sequence[int], mask_hw: Sequence[int], image_path: PathLike, mask_path: PathLike
+) -> None:
+    """Raise :class:`DataError` naming both files and sizes if (H, W) of image and mask differ."""
+    ih, iw = (int(v) for v in tuple(image_hw)[:2])
+    mh, mw = (int(v) for v in tuple(mask_hw)[:2])
+    if (ih, iw) != (mh, mw):
+        raise DataError(
+            f"image {image_path} is {iw}x{ih} (WxH) but its mask {mask_path} is {mw}x{mh}; "
+            "image and mask must have the same size"
+        )
+
+
+def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: PathLike, mask_path: PathLike) -> None:
+    """Raise :class:`DataError` naming both files and sizes if image and mask differ in (H, W)."""
+    check_same_hw(image.shape[:2], mask.shape[:2], image_path, mask_path)

@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny generated synthscapes dataset and Hydra config composition."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from semiseg_lit.__main__ import CONFIG_DIR  # noqa: E402  (registers the schemas)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+
+TINY_SYNTH = dict(n_train=40, n_val=12, height=64, width=64, n_styles=4, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small synthscapes tree (Cityscapes layout + split lists), generated once per session."""
+    from semiseg_lit.data.synthscapes import ensure_synthscapes
+
+    root = tmp_path_factory.mktemp("synthscapes") / "tiny"
+    return ensure_synthscapes(root, labeled_counts=(8,), **TINY_SYNTH)
+
+
+def tiny_overrides(synth_root: Path, out: Path) -> list[str]:
+    """Overrides that shrink any synthscapes experiment to a few CPU seconds."""
+    s = TINY_SYNTH
+    return [
+        f"data.root={synth_root}", f"data.synthscapes.n_train={s['n_train']}",
+        f"data.synthscapes.n_val={s['n_val']}", f"data.synthscapes.height={s['height']}",
+        f"data.synthscapes.width={s['width']}", f"data.synthscapes.n_styles={s['n_styles']}",
+        "data.n_labeled=8", "data.crop_size=64", "data.labeled_batch_size=4", "data.unlabeled_batch_size=4",
+        "data.val_batch_size=6", "data.num_workers=0", "model.encoder=resnet18", "model.encoder_weights=null",
+        "model.decoder_channels=32", "model.aux_channels=32", "trainer.max_steps=2", "trainer.val_check_interval=2",
+        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger.wandb.enabled=false",
+        f"paths.output_dir={out}", f"paths.log_dir={out / 'logs'}",
+    ]
+
+
+@pytest.fixture
+def compose_cfg():
+    """compose_cfg(overrides) -> DictConfig, like the command line would build it."""
+
+    def _compose(overrides: list[str]):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+
+    yield _compose
+    GlobalHydra.instance().clear()

@@ -1,0 +1,41 @@
+import pytest
+import torch
+from torch import nn
+
+from semiseg_lit.ops.ema import ema_decay, ema_update_
+
+
+def test_warmup_decay_schedule():
+    # d = min(1 - 1/(step+1), 0.99): 0, 0.5, 2/3, ..., capped at 0.99 from step 99
+    assert ema_decay(0, 0.99) == 0.0
+    assert ema_decay(1, 0.99) == 0.5
+    assert ema_decay(2, 0.99) == pytest.approx(2 / 3)
+    assert ema_decay(99, 0.99) == pytest.approx(0.99)
+    assert ema_decay(5000, 0.99) == pytest.approx(0.99)
+    assert ema_decay(0, 0.995, warmup=False) == 0.995
+
+
+def _pair():
+    torch.manual_seed(0)
+    s = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    t = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    s[1].running_mean.fill_(1.0)
+    s[1].num_batches_tracked.fill_(7)
+    return t, s
+
+
+def test_ema_update_hand_example():
+    t, s = _pair()
+    t0 = t[0].weight.clone()
+    ema_update_(t, s, decay=0.75)
+    # teacher = 0.75 * teacher + 0.25 * student
+    assert torch.allclose(t[0].weight, 0.75 * t0 + 0.25 * s[0].weight)
+    # buffers untouched by default (reference behaviour)
+    assert torch.equal(t[1].running_mean, torch.zeros(2)) and int(t[1].num_batches_tracked) == 0
+
+
+def test_decay_zero_copies_and_buffers_optional():
+    t, s = _pair()
+    ema_update_(t, s, decay=0.0, average_buffers=True)
+    for a, b in zip(t.state_dict().values(), s.state_dict().values()):
+        assert torch.equal(a, b)

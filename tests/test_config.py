@@ -1,0 +1,55 @@
+"""The Hydra app: composition, typed schemas, experiment selection, clear errors."""
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from semiseg_lit.__main__ import CONFIG_DIR
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+
+
+def test_config_dir_is_the_repository_conf():
+    assert (Path(CONFIG_DIR) / "config.yaml").is_file()
+    for group in ("data", "model", "method", "trainer", "logger", "callbacks", "experiment", "paths", "hydra",
+                  "hparams_search"):
+        assert (Path(CONFIG_DIR) / group).is_dir(), group
+
+
+def test_default_config_composes(compose_cfg):
+    cfg = compose_cfg([])
+    assert cfg.task == "train" and cfg.data.name == "synthscapes"
+    assert cfg.method._target_.startswith("semiseg_lit.methods.")
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_with_plus_syntax(compose_cfg, name):
+    cfg = compose_cfg([f"+experiment={name}"])
+    assert cfg.method.name and cfg.data.name
+
+
+def test_misspelled_override_is_rejected_with_the_key(compose_cfg):
+    with pytest.raises(ConfigCompositionException, match="max_stepz"):
+        compose_cfg(["trainer.max_stepz=3"])
+
+
+def test_wrong_type_is_rejected(compose_cfg):
+    with pytest.raises((ConfigCompositionException, ValidationError), match="crop_size"):
+        compose_cfg(["data.crop_size=big"])
+
+
+def test_unknown_experiment_is_rejected(compose_cfg):
+    with pytest.raises(ConfigCompositionException, match="no_such_experiment"):
+        compose_cfg(["+experiment=no_such_experiment"])
+
+
+def test_misspelled_key_in_a_yaml_file_is_rejected(compose_cfg, tmp_path):
+    bad = Path(CONFIG_DIR) / "data" / "_test_typo.yaml"
+    bad.write_text("defaults:\n  - synthscapes\n  - _self_\ncrop_sise: 64\n")
+    try:
+        with pytest.raises((ConfigCompositionException, ConfigKeyError), match="crop_sise"):
+            compose_cfg(["data=_test_typo"])
+    finally:
+        bad.unlink()
