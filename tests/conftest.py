@@ -23,10 +23,12 @@ TINY_SYNTH = dict(n_train=40, n_val=12, height=64, width=64, n_styles=4, seed=0)
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A small synthscapes tree (Cityscapes layout + split lists), generated once per session."""
+    from semiseg_lit.data.datamodule import synthscapes_labeled_counts
     from semiseg_lit.data.synthscapes import ensure_synthscapes
 
     root = tmp_path_factory.mktemp("synthscapes") / "tiny"
-    return ensure_synthscapes(root, labeled_counts=(8,), **TINY_SYNTH)
+    counts = synthscapes_labeled_counts(TINY_SYNTH["n_train"])
+    return ensure_synthscapes(root, labeled_counts=counts, **TINY_SYNTH)
 
 
 def tiny_overrides(synth_root: Path, out: Path) -> list[str]:

@@ -66,6 +66,9 @@ class DataConfig:
     head_classes: list[int] | None = None
     tail_classes: list[int] | None = None
     ignore_index: int = 255
+    # large "stuff" classes that AEL's copy-paste never pastes (method.ael.copy_paste_ignore_classes
+    # defaults to this list; reference for Cityscapes: road, sidewalk, building, vegetation, sky)
+    stuff_classes: list[int] = field(default_factory=list)
     label_remap: dict[int, int] | None = None
     # partition: explicit split lists (any published format) or a seeded draw of n_labeled images
     labeled_list: str | None = None
@@ -142,6 +145,47 @@ class LossConfig:
 
 
 @dataclass
+class AELConfig:
+    """AEL knobs (ael.md). Each component can be switched off for the ablation table (§10 Table 3)."""
+
+    # mean teacher (§2): decay min(1 - 1/(step+1), ema_decay); the reference keeps the teacher in
+    # train mode (BN batch statistics, dropout) when it pseudo-labels and does not average buffers
+    ema_decay: float = 0.99
+    ema_warmup: bool = True
+    ema_average_buffers: bool = False
+    teacher_train_mode: bool = True
+    # confidence bank (§3)
+    bank_momentum: float = 0.999
+    bank_absent: str = "zero"          # zero (reference: absent classes pulled to 0) | keep
+    bank_init: str = "random"          # random (reference: torch.rand) | zeros | ones
+    bank_sync: bool = True             # all-reduce across DDP ranks; false = per-GPU banks (reference)
+    # adaptive Copy-Paste on labeled images (§4 ACP)
+    copy_paste: bool = True
+    copy_paste_k: int = 3
+    copy_paste_prob: float = 0.5
+    copy_paste_ignore_classes: list[int] | None = None  # null = data.stuff_classes
+    # CutMix on unlabeled images (§4 ACM); adaptive=false = CutMix-Seg random boxes
+    cutmix: bool = True
+    cutmix_adaptive: bool = True
+    cutmix_area_thresh: float = 0.005  # min component area (fraction of the crop) for the box
+    cutmix_bank_area_thresh: float = 0.01  # min area for "image contains class" in the bank
+    cutmix_bank_lag: int = 8           # steps between a bank update and the sampler reading it
+    cutmix_bank_sync: bool = True
+    # adaptive equalization sampling (§5) and dynamic re-weighting (§6)
+    sampling: bool = True
+    sampling_beta: float = 1.0
+    sampling_shared_noise: bool = False  # true = one noise map per class shared by the batch (reference)
+    reweight: bool = True
+    gamma: float = 2.0
+    threshold: float = 0.0             # pseudo-label confidence threshold (Cityscapes 0, VOC 0.7)
+    loss_normalize: str = "batch"      # batch (reference: one normaliser) | image (paper Eq. 11-13)
+    ignored_in_denominator: bool = True  # reference: low-confidence pixels stay in the DR denominator
+    labeled_consistency: bool = True   # the L_c1 term on labeled images (code, not paper; §7)
+    alpha: float = 1.0                 # weight of the unsupervised loss
+    grad_scale: float = 1.0            # 1/8 reproduces the reference's loss/W on 8 GPUs (§7)
+
+
+@dataclass
 class MethodConfig:
     name: str = MISSING
     _target_: str = MISSING
@@ -150,7 +194,7 @@ class MethodConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     # per-method sub-nodes (filled by method/ael.yaml and method/eln.yaml)
-    ael: dict[str, Any] | None = None
+    ael: AELConfig | None = None
     eln: dict[str, Any] | None = None
 
 

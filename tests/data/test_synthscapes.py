@@ -37,6 +37,11 @@ def files_of(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def load(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
 def read_list(path: Path) -> list[tuple[str, str]]:
     return [tuple(line.split(" ")) for line in path.read_text().splitlines()]  # type: ignore[misc]
 
@@ -329,8 +334,8 @@ def test_layout_names_and_pngs(small_root: Path):
             m = NAME.match(stem)
             assert m and img_p.parent.name == f"style{m.group(1)}" and int(m.group(1)) < 4
             assert mask_p == root / "gtFine" / split / img_p.parent.name / f"{stem}_gtFine_labelTrainIds.png"
-        im, mk = Image.open(images[0]), Image.open(masks[0])
-        assert im.mode == "RGB" and im.size == (64, 64) and mk.mode == "L" and mk.size == (64, 64)
+        with Image.open(images[0]) as im, Image.open(masks[0]) as mk:
+            assert im.mode == "RGB" and im.size == (64, 64) and mk.mode == "L" and mk.size == (64, 64)
     seqs = sorted(int(NAME.match(p.name[:-16]).group(2)) for p in (root / "leftImg8bit" / "train").glob("*/*.png"))
     assert seqs == list(range(40))
 
@@ -363,7 +368,7 @@ def test_manifest_and_class_counts(small_root: Path):
                            "labeled_counts": [8, 16], "boundary_ignore": False}
     counts = np.zeros(256, np.int64)
     for p in (small_root / "gtFine" / "train").glob("*/*.png"):
-        counts += np.bincount(np.asarray(Image.open(p)).ravel(), minlength=256)
+        counts += np.bincount(load(p).ravel(), minlength=256)
     assert set(np.flatnonzero(counts)) <= set(range(C))
     assert [m["pixel_counts"]["train"][name] for name in SYNTHSCAPES.names] == counts[:C].tolist()
     assert m["pixel_counts"]["train"]["ignore"] == 0
@@ -382,8 +387,8 @@ def test_disk_matches_iter_scenes(small_root: Path):
     for i, (k, img, mask) in enumerate(iter_scenes(3, height=64, width=64, n_styles=4, seed=0, start=5)):
         img_p, mask_p = train[5 + i]
         assert f"style{k:02d}_{5 + i:06d}" in img_p
-        assert np.array_equal(np.asarray(Image.open(small_root / img_p)), img)
-        assert np.array_equal(np.asarray(Image.open(small_root / mask_p)), mask)
+        assert np.array_equal(load(small_root / img_p), img)
+        assert np.array_equal(load(small_root / mask_p), mask)
 
 
 def test_generation_is_deterministic_and_seed_dependent(tmp_path: Path, small_root: Path):
@@ -417,6 +422,7 @@ def test_generation_with_worker_processes_is_identical(tmp_path: Path):
         ({"n_train": 0}, "n_train=0"),
         ({"n_styles": 1.5}, "n_styles=1.5"),
         ({"labeled_counts": (0,)}, r"labeled_counts\[\]=0"),
+        ({"seed": None}, "seed=None"),
     ],
 )
 def test_generate_rejects_bad_parameters(tmp_path: Path, override, message):
@@ -520,3 +526,41 @@ def test_ensure_concurrent_callers_generate_once(tmp_path: Path, counted):
 def test_ensure_rejects_unknown_parameters(tmp_path: Path):
     with pytest.raises(ValueError, match="unknown parameter.*'size'"):
         ensure_synthscapes(tmp_path / "ds", size=64)
+
+
+# ------------------------------------------------------------------------------------------ private helpers
+
+
+def test_ref_coords_are_on_the_64px_reference_grid():
+    ys, xs = S._ref_coords(32, 64)  # scale 64 / min(32, 64) = 2
+    assert ys.shape == (32, 1) and xs.shape == (1, 64)
+    assert ys[0, 0] == 1.0 and xs[0, -1] == 127.0  # (0 + 0.5) * 2, (63 + 0.5) * 2
+    assert not ys.flags.writeable  # cached: must not be modified by callers
+
+
+def test_shade_uses_instance_colours_and_class_textures():
+    style = make_styles(1, seed=0)[0]
+    label = np.full((32, 32), S.ROAD, np.uint8)
+    label[:, 16:] = S.SKY
+    inst = np.zeros((32, 32), np.int16)
+    inst[:8, :8] = 1
+    inst_colour = np.array([[0, 0, 0], [0.9, 0.1, 0.1]], np.float32)
+    img = S._shade(np.random.default_rng(0), style, label, inst, inst_colour)
+    assert img.shape == (32, 32, 3) and img.dtype == np.float32
+    # instance pixels = instance colour + road texture (amplitude 0.12, mean ~0 over 8 x 8 px)
+    np.testing.assert_allclose(img[:8, :8].mean((0, 1)), [0.9, 0.1, 0.1], atol=0.06)
+    # the road's fine grating (period <= 4.5 / 0.6 = 7.5 ref px) jumps between neighbours; the sky's
+    # gradient (period >= 200 / 1.7 = 118 ref px, amplitude 0.2) changes by <= 0.2 * 2 pi / 118 * 2 = 0.02 per px
+    road_step = np.abs(np.diff(img[20, :16, 0])).max()
+    sky_step = np.abs(np.diff(img[20, 16:, 0])).max()
+    assert road_step > 0.1 and sky_step < 0.025
+
+
+def test_swap_into_place_replaces_and_cleans_up(tmp_path: Path):
+    old, new = tmp_path / "ds", tmp_path / "tmp"
+    old.mkdir()
+    (old / "a").write_text("old")
+    new.mkdir()
+    (new / "b").write_text("new")
+    S._swap_into_place(new, old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"] and (old / "b").read_text() == "new"

@@ -70,3 +70,30 @@ def test_unknown_task_is_named(compose_cfg, synth_root, tmp_path):
     cfg = compose_cfg([*tiny_overrides(synth_root, tmp_path), "task=dance"])
     with pytest.raises(ValueError, match="dance"):
         run_task(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("switches", [
+    ["method.ael.copy_paste=false", "method.ael.cutmix_adaptive=false", "method.ael.sampling=false",
+     "method.ael.reweight=false"],  # the CutMix-Seg-like basic framework of Table 3
+    ["method.ael.cutmix=false", "method.ael.labeled_consistency=false", "method.ael.sampling_shared_noise=true",
+     "method.ael.loss_normalize=image", "method.ael.threshold=0.7"],
+])
+def test_ael_components_switch_off(compose_cfg, synth_root, tmp_path, switches):
+    cfg = compose_cfg(["+experiment=ael_synthscapes", *tiny_overrides(synth_root, tmp_path), *switches])
+    assert 0.0 <= run_task(cfg) <= 1.0
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert "ConfidenceBank" in state["callbacks"] and "EMATeacher" in state["callbacks"]
+    assert any(k.startswith("teacher.") for k in state["state_dict"])
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_is_written(compose_cfg, synth_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = compose_cfg(["+experiment=supervised_synthscapes", *tiny_overrides(synth_root, tmp_path),
+                       "logger.wandb.enabled=true", "logger.wandb.mode=online"])  # no key -> offline
+    run_task(cfg)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("*.wandb"))
+    assert (tmp_path / "csv" / "metrics.csv").read_text().count("val/miou") == 1

@@ -4,7 +4,8 @@ A training batch is a dict with one entry per stream the method asks for::
 
     {"labeled":   {"image": [B_l,3,H,W], "mask": [B_l,H,W], "index": [B_l]},
      "unlabeled": {"image": weak [B_u,3,H,W], "image_strong": [B_u,3,H,W], "index": [B_u], ("mask")},
-     "partner":   {"image", "mask", "index"}}        # AEL copy-paste partners (large scale jitter)
+     "partner":   {"image", "mask", "index"},        # AEL copy-paste partners (large scale jitter)
+     "bank":      {"image", "index", "bank_class"}}  # AEL CutMix-bank draws (weak view)
 
 Each stream is an infinite seeded sampler (``samplers.InfiniteStreamSampler``), so the labeled
 stream cycles independently of the unlabeled one, batches never have size 1, DDP ranks see
@@ -28,7 +29,7 @@ from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from semiseg_lit.data.labels import CITYSCAPES, VOC, ClassInfo
-from semiseg_lit.data.samplers import InfiniteStreamSampler, ShardSampler, worker_init
+from semiseg_lit.data.samplers import CutMixBankSampler, InfiniteStreamSampler, ShardSampler, worker_init
 from semiseg_lit.data.transforms import (
     EvalTransform,
     LabeledTransform,
@@ -38,7 +39,7 @@ from semiseg_lit.data.transforms import (
 
 log = logging.getLogger(__name__)
 
-STREAM_IDS = {"labeled": 1, "unlabeled": 2, "partner": 3}
+STREAM_IDS = {"labeled": 1, "unlabeled": 2, "partner": 3, "bank": 4}
 
 
 @dataclass
@@ -61,8 +62,11 @@ class SeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        return self.dataset.get(key[0], seed=key[1])
+    def __getitem__(self, key: tuple[int, ...]) -> dict[str, Any]:
+        out = self.dataset.get(key[0], seed=key[1])
+        if len(key) > 2:  # the class a CutMix-bank draw was made for (AEL)
+            out["bank_class"] = key[2]
+        return out
 
 
 def pad_collate(items: list[dict[str, Any]], ignore_index: int = 255) -> dict[str, Any]:
@@ -78,6 +82,11 @@ def pad_collate(items: list[dict[str, Any]], ignore_index: int = 255) -> dict[st
             F.pad(it["mask"], (0, w - it["mask"].shape[-1], 0, h - it["mask"].shape[-2]), value=ignore_index)
             for it in items])
     return out
+
+
+def synthscapes_labeled_counts(n_train: int) -> tuple[int, ...]:
+    """The labeled-subset sizes whose split lists are generated with synthscapes."""
+    return tuple(n for n in (8, 16, 32, 64) if n < n_train)
 
 
 def builtin_class_info(dataset: str) -> ClassInfo | None:
@@ -151,8 +160,8 @@ class SemiSegDataModule(pl.LightningDataModule):
         from semiseg_lit.data.synthscapes import ensure_synthscapes
 
         s = self.cfg.synthscapes
-        wanted = {8, 16, 32, 64} | ({int(self.cfg.n_labeled)} if self.cfg.n_labeled else set())
-        counts = sorted(n for n in wanted if n <= int(s.n_train))
+        # split lists are generated for the standard counts; other n_labeled use a seeded draw
+        counts = synthscapes_labeled_counts(int(s.n_train))
         return ensure_synthscapes(Path(self.cfg.root), n_train=s.n_train, n_val=s.n_val, height=s.height,
                                   width=s.width, n_styles=s.n_styles, seed=s.seed, labeled_counts=counts)
 
@@ -207,7 +216,7 @@ class SemiSegDataModule(pl.LightningDataModule):
         check_disjoint(labeled, unlabeled, str(labeled_list or "labeled draw"),
                        str(unlabeled_list or "unlabeled complement"))
         check_files_exist(labeled, str(labeled_list or cfg.root))
-        if "unlabeled" in self.streams:
+        if "unlabeled" in self.streams or "bank" in self.streams:
             if not unlabeled:
                 raise ValueError(f"the unlabeled set is empty ({source}); semi-supervised methods need "
                                  "unlabeled images: lower data.n_labeled or give data.unlabeled_list")
@@ -242,13 +251,17 @@ class SemiSegDataModule(pl.LightningDataModule):
         if "partner" in self.streams:
             self._datasets["partner"] = SegmentationDataset(
                 p.labeled, transform=LabeledTransform(scale_range=list(aug.partner_scale_range), **geo), **common)
-        if "unlabeled" in self.streams:
+        if "unlabeled" in self.streams or "bank" in self.streams:
             # ground truth of unlabeled images is loaded only when it exists (diagnostics only)
             has_gt = all(s.mask is not None for s in p.unlabeled[:1])
             self._datasets["unlabeled"] = SegmentationDataset(
                 p.unlabeled, load_mask=has_gt, check_values=False,
                 transform=UnlabeledTransform(scale_range=list(aug.scale_range),
                                              strong=build_transforms(aug.strong), **geo), **common)
+        if "bank" in self.streams:  # the same unlabeled images, weak view only
+            self._datasets["bank"] = SegmentationDataset(
+                p.unlabeled, load_mask=False, check_values=False,
+                transform=UnlabeledTransform(scale_range=list(aug.scale_range), **geo), **common)
         self._datasets["val"] = SegmentationDataset(
             p.val, transform=EvalTransform(mean=list(cfg.mean), std=list(cfg.std)), **common)
 
@@ -261,9 +274,10 @@ class SemiSegDataModule(pl.LightningDataModule):
 
     def per_device_batch(self, stream: str) -> int:
         _, world = self._world()
-        total = int(self.cfg.unlabeled_batch_size if stream == "unlabeled" else self.cfg.labeled_batch_size)
+        key = "unlabeled" if stream in ("unlabeled", "bank") else "labeled"
+        total = int(self.cfg[f"{key}_batch_size"])
         if total % world:
-            raise ValueError(f"data.{'unlabeled' if stream == 'unlabeled' else 'labeled'}_batch_size={total} "
+            raise ValueError(f"data.{key}_batch_size={total} "
                              f"(global) is not divisible by the world size {world}")
         per = total // world
         if per < 2:
@@ -291,11 +305,29 @@ class SemiSegDataModule(pl.LightningDataModule):
         self.setup()
         rank, world = self._world()
         batch = self.per_device_batch(stream)
-        sampler = InfiniteStreamSampler(len(self._datasets[stream]), seed=self.seed,
-                                        stream_id=STREAM_IDS[stream], rank=rank, world_size=world,
+        kwargs = self._loader_kwargs()
+        if stream == "bank":
+            bank = self._bank_callback()
+            depth = (kwargs["num_workers"] * 2 if kwargs["num_workers"] else 0) + 2  # workers' + Lightning's prefetch
+            if depth > bank.lag:
+                raise ValueError(f"data.num_workers={kwargs['num_workers']} prefetches {depth} batches but "
+                                 f"method.ael.cutmix_bank_lag={bank.lag}; set the lag to at least {depth}")
+            sampler = CutMixBankSampler(self._bank_callback, batch, seed=self.seed, rank=rank, world_size=world,
                                         start=start_batch * batch)
-        return DataLoader(SeededDataset(self._datasets[stream]), batch_size=batch, sampler=sampler,
-                          drop_last=True, **self._loader_kwargs())
+            dataset = SeededDataset(self._datasets["bank"])
+        else:
+            sampler = InfiniteStreamSampler(len(self._datasets[stream]), seed=self.seed,
+                                            stream_id=STREAM_IDS[stream], rank=rank, world_size=world,
+                                            start=start_batch * batch)
+            dataset = SeededDataset(self._datasets[stream])
+        return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, **kwargs)
+
+    def _bank_callback(self):
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        bank = getattr(module, "cutmix_bank", None)
+        if bank is None:
+            raise RuntimeError("the 'bank' stream needs the CutMixBank callback of the AEL method")
+        return bank
 
     def train_dataloader(self) -> CombinedLoader:
         start = self._consumed_batches()

@@ -90,3 +90,37 @@ def worker_init(worker_id: int) -> None:
 
     cv2.setNumThreads(0)
     torch.set_num_threads(1)
+
+
+class CutMixBankSampler(Sampler):
+    """AEL's bank-drawn unlabeled images (ael.md §4 ACM step 2) as a seeded stream.
+
+    For every position: ``class ~ softmax(1 - conf)`` over all classes, then an image uniformly
+    among those whose CutMix-bank row has that class (uniformly among all images when none has).
+    ``bank_source()`` returns an object with ``snapshot_for(step) -> (conf [C], bank [C, N])``
+    (the :class:`~semiseg_lit.callbacks.cutmix_bank.CutMixBank` callback): the state of a fixed
+    number of steps earlier, so prefetching workers cannot change the draws. Yields
+    ``(index, sample_seed, class)``.
+    """
+
+    stream_id = 4
+
+    def __init__(self, bank_source, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 start: int = 0):
+        self.bank_source, self.batch_size, self.seed = bank_source, int(batch_size), int(seed)
+        self.rank, self.world_size, self.start = rank, world_size, start
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        local = self.start
+        while True:
+            step = local // self.batch_size
+            conf, bank = self.bank_source().snapshot_for(step)
+            pos = local * self.world_size + self.rank
+            rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.stream_id, pos & 0xFFFFFFFF, pos >> 32])
+            z = 1.0 - conf.double().numpy()
+            p = np.exp(z - z.max())
+            cls = int(rng.choice(len(p), p=p / p.sum()))
+            row = np.flatnonzero(bank[cls].numpy())
+            index = int(rng.choice(row)) if len(row) else int(rng.integers(bank.shape[1]))
+            yield index, sample_seed(self.seed, self.stream_id, pos), cls
+            local += 1

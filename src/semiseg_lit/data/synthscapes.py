@@ -574,8 +574,8 @@ def _record(split: str, style: str, index: int) -> tuple[str, str]:
 
 
 def _generate_chunk(job: tuple[Path, str, int, int, dict[str, Any]]) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """Render and write images ``lo .. hi - 1`` of one split; returns their style indices and the
-    (256,) pixel and presence counts."""
+    """Render and write images ``lo .. hi - 1`` of one split (RGB and 'L' PNGs, fast zlib level 1);
+    returns their style indices and the (256,) pixel and presence counts."""
     root, split, lo, hi, p = job
     styles = make_styles(p["n_styles"], p["seed"])
     pixels = np.zeros(256, dtype=np.int64)
@@ -584,8 +584,8 @@ def _generate_chunk(job: tuple[Path, str, int, int, dict[str, Any]]) -> tuple[li
     for i in range(lo, hi):
         k, image, mask = _scene(p["seed"], split, i, styles, p["height"], p["width"], p["boundary_ignore"])
         img_rel, mask_rel = _record(split, styles[k].name, i)
-        Image.fromarray(image, mode="RGB").save(root / img_rel, format="PNG", compress_level=1)
-        Image.fromarray(mask, mode="L").save(root / mask_rel, format="PNG", compress_level=1)
+        Image.fromarray(image).save(root / img_rel, format="PNG", compress_level=1)
+        Image.fromarray(mask).save(root / mask_rel, format="PNG", compress_level=1)
         counts = np.bincount(mask.ravel(), minlength=256)
         pixels += counts
         presence += counts > 0
@@ -599,7 +599,11 @@ def _check_params(
 ) -> dict[str, Any]:
     """Validate the generation parameters; returns them normalised (ints, sorted unique counts)."""
     def as_int(key: str, v: Any, lo: int) -> int:
-        if isinstance(v, bool) or int(v) != v or int(v) < lo:
+        try:
+            ok = not isinstance(v, bool) and int(v) == v and int(v) >= lo
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
             raise ValueError(f"synthscapes: {key}={v!r}; expected an integer >= {lo}")
         return int(v)
 

@@ -43,8 +43,10 @@ class SegMethod(pl.LightningModule):
         class_info: class names / palette / head / tail of the dataset.
     """
 
-    #: training streams this method consumes (see ``SemiSegDataModule``)
-    streams: tuple[str, ...] = ("labeled",)
+    @classmethod
+    def required_streams(cls, cfg: DictConfig) -> tuple[str, ...]:
+        """Training streams this method consumes (see ``SemiSegDataModule``)."""
+        return ("labeled",)
 
     def __init__(self, cfg: DictConfig, class_info: ClassInfo):
         super().__init__()

@@ -13,8 +13,6 @@ from semiseg_lit.methods.base import SegMethod
 
 
 class SupervisedMethod(SegMethod):
-    streams = ("labeled",)
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
         out = self.student.forward_all(x, aux=True)

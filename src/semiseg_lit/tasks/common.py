@@ -36,7 +36,7 @@ def method_class(cfg: DictConfig) -> type:
 
 def build_datamodule(cfg: DictConfig) -> SemiSegDataModule:
     cls = method_class(cfg)
-    return SemiSegDataModule(cfg.data, seed=int(cfg.seed), streams=tuple(cls.streams))
+    return SemiSegDataModule(cfg.data, seed=int(cfg.seed), streams=tuple(cls.required_streams(cfg)))
 
 
 def build_method(cfg: DictConfig, datamodule: SemiSegDataModule) -> pl.LightningModule:

@@ -1,0 +1,105 @@
+"""CutMix image bank callback (AEL adaptive CutMix, ael.md §4 "ACM").
+
+``bank[c, i] = 1`` ⇔ unlabeled image ``i`` was last seen (in its augmented crop, by the teacher)
+showing class ``c`` over at least ``area_thresh`` of the crop. It lives on the training device
+and is updated in the training step from the teacher's argmax on both the random and the
+bank-drawn unlabeled images. With ``sync=True`` the (index, presence) rows of every rank are
+all-gathered, so all ranks hold the same bank (indices refer to one sorted unlabeled list,
+identical on every rank).
+
+The bank-drawn images are loaded by the DataLoader's workers, not synchronously in the training
+loop: the ``bank`` stream's :class:`~semiseg_lit.data.samplers.CutMixBankSampler` (in the main
+process) draws ``class ~ softmax(1 - conf)`` and an image from ``bank[class]``. Because the
+loader prefetches, the sampler reads a CPU snapshot of ``(conf, bank)`` taken ``lag`` steps
+earlier; snapshots are kept in a ring and checkpointed, so the draws do not depend on the number
+of workers and a resumed run draws exactly what the uninterrupted one did. (One device→host copy
+of the small bank per step is the price of this design; see BENCHMARKS.md.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from semiseg_lit.ops.cutmix import update_cutmix_bank
+
+
+class CutMixBank(Callback):
+    def __init__(self, num_classes: int, num_images: int, area_thresh: float = 0.01, lag: int = 8,
+                 sync: bool = True):
+        if num_images <= 0:
+            raise ValueError("the CutMix bank needs a non-empty unlabeled set")
+        if lag < 1:
+            raise ValueError(f"method.ael.cutmix_bank_lag={lag}: expected >= 1")
+        self.num_classes, self.num_images = int(num_classes), int(num_images)
+        self.area_thresh, self.lag, self.sync = float(area_thresh), int(lag), bool(sync)
+        self.bank = torch.zeros(num_classes, num_images, dtype=torch.bool)
+        # ring of CPU snapshots: slot s % (lag+1) holds (step s, conf after step s, bank after step s)
+        self.snap_steps = torch.full((lag + 1,), -1, dtype=torch.long)
+        self.snap_conf = torch.zeros(lag + 1, num_classes)
+        self.snap_bank = torch.zeros(lag + 1, num_classes, num_images, dtype=torch.bool)
+        self.initial_conf = torch.zeros(num_classes)
+        self._strategy = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.bank = self.bank.to(pl_module.device)
+        self._strategy = trainer.strategy
+        pl_module.cutmix_bank = self
+        bank_cb = getattr(pl_module, "confidence_bank", None)
+        if bank_cb is not None:
+            self.initial_conf = bank_cb.bank.detach().cpu().float().clone()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"bank": self.bank.cpu().clone(), "snap_steps": self.snap_steps.clone(),
+                "snap_conf": self.snap_conf.clone(), "snap_bank": self.snap_bank.clone(),
+                "initial_conf": self.initial_conf.clone()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        bank = state_dict["bank"]
+        if tuple(bank.shape) != (self.num_classes, self.num_images):
+            raise ValueError(f"checkpoint CutMix bank has shape {tuple(bank.shape)}, expected "
+                             f"({self.num_classes}, {self.num_images}): another dataset or partition?")
+        self.bank = bank.to(self.bank.device)
+        if state_dict["snap_steps"].shape == self.snap_steps.shape:
+            self.snap_steps.copy_(state_dict["snap_steps"])
+            self.snap_conf.copy_(state_dict["snap_conf"])
+            self.snap_bank.copy_(state_dict["snap_bank"])
+        self.initial_conf = state_dict["initial_conf"].clone()
+
+    # ------------------------------------------------------------------ updates
+    @torch.no_grad()
+    def update(self, indices: torch.Tensor, pred: torch.Tensor) -> None:
+        """Record the classes the teacher sees in each image: ``indices [B]``, ``pred [B,H,W]``."""
+        if self.sync and self._strategy is not None and self._strategy.world_size > 1:
+            indices = self._strategy.all_gather(indices).flatten(0, 1)
+            pred = self._strategy.all_gather(pred).flatten(0, 1)
+        update_cutmix_bank(self.bank, indices, pred, self.area_thresh)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step - 1
+        slot = step % (self.lag + 1)
+        conf = pl_module.confidence_bank.bank if getattr(pl_module, "confidence_bank", None) else None
+        # the single device→host copy per step (small: C floats + C×N bools)
+        if conf is not None:
+            self.snap_conf[slot].copy_(conf.detach().float().cpu())
+        self.snap_bank[slot].copy_(self.bank.cpu())
+        self.snap_steps[slot] = step
+
+    # ------------------------------------------------------------------ read by the sampler
+    def snapshot_for(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conf, bank) as they were after step ``step - lag`` (initial state before that)."""
+        src = step - self.lag
+        if src < 0:
+            return self.initial_conf, torch.zeros(self.num_classes, self.num_images, dtype=torch.bool)
+        slot = src % (self.lag + 1)
+        if int(self.snap_steps[slot]) != src:
+            raise RuntimeError(
+                f"CutMix bank snapshot of step {src} is not available when drawing step {step}: the data loader "
+                f"prefetches more than method.ael.cutmix_bank_lag={self.lag} steps ahead; raise the lag or lower "
+                "data.num_workers")
+        return self.snap_conf[slot], self.snap_bank[slot]
