@@ -53,3 +53,16 @@ def test_misspelled_key_in_a_yaml_file_is_rejected(compose_cfg, tmp_path):
             compose_cfg(["data=_test_typo"])
     finally:
         bad.unlink()
+
+
+def test_optuna_search_composes():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True,
+                      overrides=["+experiment=ael_synthscapes", "+hparams_search=ael_synthscapes_optuna"])
+    GlobalHydra.instance().clear()
+    assert cfg.hydra.sweeper.direction == "maximize"
+    assert "method.ael.alpha" in cfg.hydra.sweeper.params
