@@ -98,6 +98,11 @@ class SegMethod(pl.LightningModule):
             opt, lambda step: poly_lr_factor(step, max_steps, o.poly_power, o.warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Seed the global RNG from (seed, step, rank): dropout and every other global-RNG draw of a
+        step is then the same in a resumed run as in the uninterrupted one."""
+        torch.manual_seed((int(self.cfg.seed) * 1_000_003 + self.global_step * 7919 + self.global_rank) % (2**63))
+
     # ------------------------------------------------------------------ losses
     def supervised_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """CE or OHEM-CE (``method.loss.name``) with ignore index."""

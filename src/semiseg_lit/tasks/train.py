@@ -68,6 +68,9 @@ def train(cfg: DictConfig) -> float | None:
     trainer = build_trainer(cfg, out, build_callbacks(cfg, out, bool(loggers)), loggers)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        # last.ckpt is the state at the end of training (the checkpoint callback writes it at
+        # validation time only, which need not coincide with the last step)
+        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
         # final evaluation of the model as it ends (the best-on-val checkpoint is kept separately)
         trainer.validate(model, datamodule=datamodule, verbose=False)
         scores = model.last_scores
