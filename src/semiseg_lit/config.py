@@ -69,13 +69,16 @@ class DataConfig:
     # large "stuff" classes that AEL's copy-paste never pastes (method.ael.copy_paste_ignore_classes
     # defaults to this list; reference for Cityscapes: road, sidewalk, building, vegetation, sky)
     stuff_classes: list[int] = field(default_factory=list)
-    label_remap: dict[int, int] | None = None
+    label_remap: dict[int, int] = field(default_factory=dict)
     # partition: explicit split lists (any published format) or a seeded draw of n_labeled images
     labeled_list: str | None = None
     unlabeled_list: str | None = None
     val_list: str | None = None
     train_split: str = "train"
     val_split: str = "val"
+    # seeded draws take the labeled images from this split (null = train_split) and the unlabeled
+    # ones from the rest of train_split (VOC classic: labeled from train, unlabeled from train_aug)
+    labeled_split: str | None = None
     n_labeled: int | None = None
     split_seed: int = 0
     # folder layout only
@@ -186,6 +189,56 @@ class AELConfig:
 
 
 @dataclass
+class ELNParityConfig:
+    """Quirks of the official ELN code (eln.md §1, §3, §5.1), off by default; all on = reference."""
+
+    # BN γ/β of the student encoder/decoder and the aux decoders are never optimised (§5.1)
+    freeze_bn_affine: bool = False
+    # ignore-label pixels are ELN training targets with t = 0 ("wrong") (§3)
+    ignore_as_error: bool = False
+    # student <- teacher (parameters and buffers) every N steps of stage 3; reference: 266 (§1)
+    reset_every_steps: int | None = None
+
+
+@dataclass
+class ELNConfig:
+    """ELN knobs (eln.md). Stage boundaries are global steps (reference: epochs of 266 steps)."""
+
+    # stage 1 = [0, pretrain_steps): supervised; stage 2 = [pretrain_steps, pretrain_steps + eln_steps):
+    # + aux decoders + ELN BCE; stage 3 = after: + pseudo-label CE + pixel contrastive (§1).
+    # Reference, VOC: 18620 / 13300; Cityscapes: 26600 / 15428.
+    pretrain_steps: int = 18620
+    eln_steps: int = 13300
+    # the ELN network (§2.3; models/eln_net.py)
+    encoder: str = "resnet34"
+    encoder_weights: str | None = "imagenet"
+    decoder_channels: int = 256
+    aspp_dropout: float = 0.5
+    first_conv_init: str = "reset"     # reset (reference: fresh 3+1+C-input stem conv) | smp
+    # error simulation: one auxiliary decoder per gate factor, gated by aux_CE >= f·main_CE (§2.2)
+    aux_gate_factors: list[float] = field(default_factory=lambda: [20.0, 50.0])
+    # EMA teacher (§1): constant decay, parameters only, from the stage-3 start
+    ema_decay: float = 0.995
+    ema_average_buffers: bool = False
+    # pseudo-labelling networks: BN in train mode (batch statistics; reference) or eval mode;
+    # their dropouts are always off (the reference's gt_mode)
+    teacher_train_mode: bool = True
+    eln_train_mode: bool = True
+    # pseudo labels: keep where sigmoid(ELN) > threshold (§4.2)
+    threshold: float = 0.5
+    pseudo_weight: float = 1.0
+    # pixel contrastive loss (§4.3); the crop is clamped to the 1/4-resolution map size
+    contrastive_weight: float = 1.0
+    temperature: float = 0.5
+    n_crops: int = 8
+    crop_size: int = 32
+    # validation: ELN error-detection precision / recall / AUROC (bounded-memory AUROC bins)
+    val_metrics: bool = True
+    val_auroc_thresholds: int = 200
+    parity: ELNParityConfig = field(default_factory=ELNParityConfig)
+
+
+@dataclass
 class MethodConfig:
     name: str = MISSING
     _target_: str = MISSING
@@ -195,7 +248,7 @@ class MethodConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     # per-method sub-nodes (filled by method/ael.yaml and method/eln.yaml)
     ael: AELConfig | None = None
-    eln: dict[str, Any] | None = None
+    eln: ELNConfig | None = None
 
 
 @dataclass

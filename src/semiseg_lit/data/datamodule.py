@@ -209,8 +209,22 @@ class SemiSegDataModule(pl.LightningDataModule):
             if not cfg.n_labeled:
                 raise ValueError("give data.labeled_list (a split file) or data.n_labeled (a seeded draw)")
             pool = self._split_samples(layout, cfg.train_split)
-            labeled, unlabeled = partition(pool, int(cfg.n_labeled), int(cfg.split_seed))
-            source = f"seeded draw of {cfg.n_labeled} from {cfg.train_split} (split_seed={cfg.split_seed})"
+            labeled_split = cfg.labeled_split or cfg.train_split
+            if labeled_split == cfg.train_split:
+                labeled, unlabeled = partition(pool, int(cfg.n_labeled), int(cfg.split_seed))
+            else:  # e.g. VOC classic: labeled drawn from train (1464), unlabeled = train_aug minus labeled
+                labeled, _ = partition(self._split_samples(layout, labeled_split), int(cfg.n_labeled),
+                                       int(cfg.split_seed))
+                pool_ids = {s.id for s in pool}
+                outside = [s.id for s in labeled if s.id not in pool_ids]
+                if outside:
+                    raise ValueError(f"data.labeled_split={labeled_split!r} is not inside data.train_split="
+                                     f"{cfg.train_split!r}: {len(outside)} drawn id(s) are not in it, e.g. "
+                                     f"{', '.join(outside[:5])}")
+                ids = {s.id for s in labeled}
+                unlabeled = sorted((s for s in pool if s.id not in ids), key=lambda s: s.id)
+            source = (f"seeded draw of {cfg.n_labeled} from {labeled_split} (split_seed={cfg.split_seed}), "
+                      f"unlabeled = the rest of {cfg.train_split}")
         val = (layout.from_split_file(Path(cfg.val_list)) if cfg.val_list is not None
                else self._split_samples(layout, cfg.val_split))
         check_disjoint(labeled, unlabeled, str(labeled_list or "labeled draw"),

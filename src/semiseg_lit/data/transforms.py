@@ -55,7 +55,11 @@ def build_transforms(specs: Sequence[Any] | ListConfig | None) -> list[A.BasicTr
     return out
 
 
-def _geometric(crop: int, scale_range: Sequence[float], hflip: bool, pad_label: int) -> list[Any]:
+def _geometric(crop: int, scale_range: Sequence[float], hflip: bool, pad_label: int,
+               mean: Sequence[float]) -> list[Any]:
+    """Random scale → pad to the crop → random crop → flip. The image is padded with the mean
+    colour (0 after normalisation, as the reference pads normalised tensors with 0, ael.md §9)."""
+    fill = tuple(float(m) * 255.0 for m in mean)
     lo, hi = float(scale_range[0]), float(scale_range[1])
     ops: list[Any] = []
     if (lo, hi) != (1.0, 1.0):
@@ -64,7 +68,7 @@ def _geometric(crop: int, scale_range: Sequence[float], hflip: bool, pad_label: 
                                  mask_interpolation=cv2.INTER_NEAREST, p=1.0))
     ops += [
         A.PadIfNeeded(min_height=crop, min_width=crop, position="center",
-                      border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=pad_label),
+                      border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=pad_label),
         A.RandomCrop(height=crop, width=crop),
     ]
     if hflip:
@@ -99,7 +103,7 @@ class LabeledTransform:
 
     def __init__(self, crop: int, scale_range: Sequence[float], hflip: bool, pad_label: int,
                  mean: Sequence[float], std: Sequence[float]):
-        self.geometric = A.Compose(_geometric(crop, scale_range, hflip, pad_label))
+        self.geometric = A.Compose(_geometric(crop, scale_range, hflip, pad_label, mean))
         self.normalize = Normalize(mean, std)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None, seed: int | None = None
@@ -122,7 +126,7 @@ class UnlabeledTransform:
 
     def __init__(self, crop: int, scale_range: Sequence[float], hflip: bool, pad_label: int,
                  mean: Sequence[float], std: Sequence[float], strong: Sequence[Any] = ()):
-        self.geometric = A.Compose(_geometric(crop, scale_range, hflip, pad_label))
+        self.geometric = A.Compose(_geometric(crop, scale_range, hflip, pad_label, mean))
         self.strong = A.Compose(list(strong))
         self.normalize = Normalize(mean, std)
 
