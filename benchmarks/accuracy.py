@@ -41,6 +41,11 @@ def run(name: str, overrides: list[str], seed: int, steps: int | None, out_root:
     return metrics
 
 
+def mean_spread(values: list[float]) -> str:
+    spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.1f}{spread}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -59,13 +64,9 @@ def main() -> None:
                   f"tail {100 * m['tail_miou']:.2f}  ({m['seconds']:.0f} s)", flush=True)
     print("\n| method | seeds | mIoU | head mIoU | tail mIoU | time / run |\n|---|---|---|---|---|---|")
     for name, ms in results.items():
-        def fmt(key: str) -> str:
-            vals = [100 * m[key] for m in ms]
-            spread = f" ± {statistics.stdev(vals):.1f}" if len(vals) > 1 else ""
-            return f"{statistics.mean(vals):.1f}{spread}"
-
         secs = statistics.mean(m["seconds"] for m in ms)
-        print(f"| {name} | {len(ms)} | {fmt('miou')} | {fmt('head_miou')} | {fmt('tail_miou')} | {secs:.0f} s |")
+        cells = " | ".join(mean_spread([100 * m[k] for m in ms]) for k in ("miou", "head_miou", "tail_miou"))
+        print(f"| {name} | {len(ms)} | {cells} | {secs:.0f} s |")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

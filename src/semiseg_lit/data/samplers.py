@@ -23,7 +23,6 @@ import torch
 from torch.utils.data import Sampler
 
 
-
 def sample_seed(seed: int, stream_id: int, position: int) -> int:
     """A 31-bit seed for the sample at global ``position`` of a stream (splitmix-style hash)."""
     ss = np.random.SeedSequence([seed & 0xFFFFFFFF, stream_id, position & 0xFFFFFFFF, position >> 32])

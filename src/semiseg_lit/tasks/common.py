@@ -43,6 +43,18 @@ def build_method(cfg: DictConfig, datamodule: SemiSegDataModule) -> pl.Lightning
     return method_class(cfg)(cfg, datamodule.class_info)
 
 
+def prepare_run(cfg: DictConfig, stage: str) -> tuple[Path, SemiSegDataModule, pl.LightningModule]:
+    """Seed, create the output folder, resolve and check the data, build the method: everything
+    that can fail on bad input happens here, before a trainer starts."""
+    pl.seed_everything(int(cfg.seed), workers=True)
+    out = output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup(stage)
+    return out, datamodule, build_method(cfg, datamodule)
+
+
 def git_commit() -> str | None:
     try:
         root = Path(__file__).resolve().parents[3]

@@ -13,11 +13,10 @@ import json
 import logging
 from pathlib import Path
 
-import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from semiseg_lit.checkpointing import CheckpointError, check_compatible, load_checkpoint
-from semiseg_lit.tasks.common import build_datamodule, build_loggers, build_method, build_trainer, output_dir
+from semiseg_lit.tasks.common import build_loggers, build_trainer, prepare_run
 from semiseg_lit.tasks.train import _finish_wandb, report, scores_to_json
 
 log = logging.getLogger(__name__)
@@ -41,13 +40,7 @@ def evaluate(cfg: DictConfig) -> float:
     path = Path(cfg.ckpt_path)
     checkpoint = load_checkpoint(path)
     cfg = config_for_checkpoint(cfg, checkpoint, path)
-    pl.seed_everything(int(cfg.seed), workers=True)
-    out = output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    datamodule = build_datamodule(cfg)
-    datamodule.prepare_data()
-    datamodule.setup("validate")
-    model = build_method(cfg, datamodule)
+    out, datamodule, model = prepare_run(cfg, "validate")
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as exc:

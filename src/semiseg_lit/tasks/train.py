@@ -7,19 +7,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from semiseg_lit.ops.metrics import format_iou_table
-from semiseg_lit.tasks.common import (
-    build_callbacks,
-    build_datamodule,
-    build_loggers,
-    build_method,
-    build_trainer,
-    output_dir,
-)
+from semiseg_lit.tasks.common import build_callbacks, build_loggers, build_trainer, prepare_run
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +45,7 @@ def scores_to_json(scores: dict[str, Any], class_names) -> dict[str, Any]:
 
 
 def train(cfg: DictConfig) -> float | None:
-    pl.seed_everything(int(cfg.seed), workers=True)
-    out = output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    # everything that can fail on bad input happens before the trainer starts
-    datamodule = build_datamodule(cfg)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    model = build_method(cfg, datamodule)
+    out, datamodule, model = prepare_run(cfg, "fit")
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, out)
     OmegaConf.save(cfg, out / "config_resolved.yaml", resolve=True)
 
