@@ -96,6 +96,8 @@ class DataConfig:
     # fast in-training validation: center_crop | whole | sliding
     val_mode: str = "whole"
     val_crop_size: int | None = None
+    # read and check files before training: labeled (every labeled mask: size, values) | all | none
+    check_before_training: str = "labeled"
     num_workers: int = 2
     pin_memory: bool = False
     persistent_workers: bool = True

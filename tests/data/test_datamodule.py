@@ -121,3 +121,14 @@ def test_class_info_overrides_are_validated(synth_root):
         SemiSegDataModule(data_cfg(synth_root, class_names=["a", "b"]), seed=0)
     with pytest.raises(ValueError, match="head_classes"):
         SemiSegDataModule(data_cfg(synth_root, head_classes=[12]), seed=0)
+
+
+def test_bad_labeled_mask_fails_before_training(synth_root, tmp_path):
+    root = _copy_tree(synth_root, tmp_path / "copy2")
+    dm = SemiSegDataModule(data_cfg(root), seed=0, streams=("labeled",))
+    dm.setup()
+    bad = dm.partition.labeled[3].mask
+    Image.fromarray(np.full((TINY_SYNTH["height"], TINY_SYNTH["width"]), 77, np.uint8)).save(bad)
+    with pytest.raises(ValueError, match=rf"(?s)labeled images.*{bad.name}.*77"):
+        SemiSegDataModule(data_cfg(root), seed=0, streams=("labeled",)).setup()
+    SemiSegDataModule(data_cfg(root, check_before_training="none"), seed=0, streams=("labeled",)).setup()

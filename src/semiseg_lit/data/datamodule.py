@@ -241,6 +241,27 @@ class SemiSegDataModule(pl.LightningDataModule):
         check_files_exist(val, str(cfg.val_list or cfg.root))
         return Partition(labeled=list(labeled), unlabeled=list(unlabeled), val=list(val), source=source)
 
+    def check_contents(self, labeled: list, unlabeled: list, val: list) -> None:
+        """Read and check masks before training (``data.check_before_training``): a size mismatch or
+        a label value outside ``[0, C) ∪ {ignore}`` fails here, naming the files, not hours later."""
+        from semiseg_lit.data.datasets import scan_samples
+        from semiseg_lit.data.image_io import DataError
+
+        mode = self.cfg.check_before_training
+        if mode not in ("labeled", "all", "none"):
+            raise ValueError(f"data.check_before_training={mode!r}: expected labeled | all | none")
+        if mode == "none":
+            return
+        groups = [("labeled", labeled)] + ([("unlabeled", unlabeled), ("val", val)] if mode == "all" else [])
+        remap = dict(self.cfg.label_remap) if self.cfg.label_remap else None
+        for name, samples in groups:
+            rep = scan_samples(samples, self.num_classes, ignore_index=int(self.cfg.ignore_index),
+                               label_remap=remap, decode_images=False)
+            if rep.problems:
+                listed = "\n  ".join(f"{f}: {m}" for f, m in rep.problems[:5])
+                raise DataError(f"{len(rep.problems)} problem(s) in the {name} images (first ones below); "
+                                f"run task=check_data for the full report:\n  {listed}")
+
     @staticmethod
     def _split_samples(layout, split: str) -> list:
         return layout.samples(split) if hasattr(layout, "samples") else []
@@ -252,7 +273,9 @@ class SemiSegDataModule(pl.LightningDataModule):
         from semiseg_lit.data.datasets import SegmentationDataset
 
         cfg = self.cfg
-        self.partition = p = self.resolve_partition()
+        p = self.resolve_partition()
+        self.check_contents(p.labeled, p.unlabeled, p.val)
+        self.partition = p
         log.info("partition: %d labeled, %d unlabeled, %d val (%s)", len(p.labeled), len(p.unlabeled),
                  len(p.val), p.source)
         aug = cfg.augment
