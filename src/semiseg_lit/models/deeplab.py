@@ -58,18 +58,26 @@ class SegOutput:
     features: list[torch.Tensor] | None = None
 
 
-def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
-    """Load a local encoder state dict (``weights_only=True``); names the file on any mismatch."""
+def read_weights_file(path: str | Path, missing_error: type[Exception] = FileNotFoundError,
+                      read_error: type[Exception] = CheckpointMismatchError) -> dict[str, torch.Tensor]:
+    """A local weights file as a state dict (``weights_only=True``; a ``{"state_dict": ...}``
+    wrapper is unwrapped). Missing or unreadable files raise the given error types, naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model.encoder_weights={path}: file not found (use 'imagenet', null, or a "
-                                "path to a saved encoder state dict)")
+        raise missing_error(f"encoder_weights={str(path)!r}: file not found (use 'imagenet', null, or a "
+                            "path to a saved encoder state dict)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise CheckpointMismatchError(f"cannot read encoder weights {path}: {exc}") from exc
+        raise read_error(f"cannot read encoder weights {path}: {exc}") from exc
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    return state
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
+    """Load a local encoder state dict strictly; names the file on any mismatch."""
+    state = read_weights_file(path)
     own = encoder.state_dict()
     missing = [k for k in own if k not in state]
     # an ImageNet classifier's head (fc/classifier) is not part of the encoder: tolerated

@@ -35,10 +35,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from semiseg_lit.models.deeplab import read_weights_file
 from semiseg_lit.ops.eln_targets import eln_inputs
 
 __all__ = ["ELNWeightsError", "ErrorLocalizationNet", "dropout_disabled", "find_first_conv",
@@ -65,16 +65,7 @@ def load_matching_weights(encoder: nn.Module, path: str | Path) -> list[str]:
     Returns the names of the skipped/missing keys. Raises :class:`ELNWeightsError` naming the file
     when it is missing, unreadable, or shares no key of matching shape with the encoder.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ELNWeightsError(f"encoder_weights={str(path)!r}: file not found (use 'imagenet', None, or a path "
-                              "to a saved encoder state dict)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise ELNWeightsError(f"cannot read encoder weights {path}: {exc}") from exc
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    state = read_weights_file(path, missing_error=ELNWeightsError, read_error=ELNWeightsError)
     own = encoder.state_dict()
     usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     if not usable:
