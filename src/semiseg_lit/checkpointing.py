@@ -53,18 +53,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({type(exc).__name__}: {exc})") from exc
 
 
-def check_compatible(checkpoint: dict[str, Any], path: str | os.PathLike, num_classes: int,
-                     model_cfg: dict[str, Any] | None) -> None:
-    """Refuse a checkpoint whose class count or architecture differs from the configured model."""
+def check_compatible(checkpoint: dict[str, Any], path: str | os.PathLike, num_classes: int) -> None:
+    """Refuse a checkpoint not written by semiseg_lit or with another class count. (The network
+    itself is rebuilt from the checkpoint's own model config and loaded strictly, which rejects
+    any other architecture.)"""
     hp = checkpoint.get("hyper_parameters", {}).get("config")
     if hp is None:
         raise CheckpointError(f"checkpoint {path} was not written by semiseg_lit (no hyper_parameters.config)")
     ck_classes = int(hp["data"]["num_classes"])
     if ck_classes != num_classes:
         raise CheckpointError(f"checkpoint {path} has {ck_classes} classes but data.num_classes={num_classes}")
-    if model_cfg is not None:
-        for key in ("arch", "encoder", "output_stride", "decoder_channels", "aux_head", "projection_dim"):
-            if key in model_cfg and hp["model"].get(key) != model_cfg[key]:
-                raise CheckpointError(
-                    f"checkpoint {path} has model.{key}={hp['model'].get(key)!r} but the config says "
-                    f"{model_cfg[key]!r} (evaluate with the checkpoint's own model settings)")

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def config_for_checkpoint(cfg: DictConfig, checkpoint: dict, path: Path) -> DictConfig:
     """The run config with ``model`` and ``method`` taken from the checkpoint."""
-    check_compatible(checkpoint, path, int(cfg.data.num_classes), None)
+    check_compatible(checkpoint, path, int(cfg.data.num_classes))
     saved = checkpoint["hyper_parameters"]["config"]
     merged = cfg.copy()
     with open_dict(merged):
