@@ -36,8 +36,18 @@ def test_misspelled_override_is_rejected_with_the_key(compose_cfg):
 
 
 def test_wrong_type_is_rejected(compose_cfg):
-    with pytest.raises((ConfigCompositionException, ValidationError), match="crop_size"):
-        compose_cfg(["data.crop_size=big"])
+    with pytest.raises((ConfigCompositionException, ValidationError), match="labeled_batch_size"):
+        compose_cfg(["data.labeled_batch_size=big"])
+
+
+def test_bad_crop_size_is_rejected_before_training(compose_cfg, synth_root, tmp_path):
+    """crop_size takes N or [H, W], so it is checked when the data module is built, naming the key."""
+    from semiseg_lit.tasks.common import build_datamodule
+    from tests.conftest import tiny_overrides
+
+    cfg = compose_cfg([*tiny_overrides(synth_root, tmp_path), "data.crop_size=big"])
+    with pytest.raises(ValueError, match="data.crop_size='big'"):
+        build_datamodule(cfg).setup("fit")
 
 
 def test_unknown_experiment_is_rejected(compose_cfg):
@@ -66,3 +76,22 @@ def test_optuna_search_composes():
     GlobalHydra.instance().clear()
     assert cfg.hydra.sweeper.direction == "maximize"
     assert "method.ael.alpha" in cfg.hydra.sweeper.params
+
+
+def test_key_added_with_plus_must_exist_in_the_schema(compose_cfg):
+    """Hydra's `+key=value` adds keys even to typed nodes: run_task re-checks before any work."""
+    from semiseg_lit.tasks import run_task
+
+    cfg = compose_cfg(["+experiment=ael_synthscapes", "+data.colour_jitter=0.5"])
+    with pytest.raises(ValueError, match="unknown config key: Key 'colour_jitter' not in 'DataConfig'"):
+        run_task(cfg)
+    cfg = compose_cfg(["+experiment=ael_synthscapes", "+method.ael.alpah=2"])
+    with pytest.raises(ValueError, match="alpah"):
+        run_task(cfg)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_passes_the_schema_check(compose_cfg, name):
+    from semiseg_lit.config import check_schema
+
+    check_schema(compose_cfg([f"+experiment={name}"]))

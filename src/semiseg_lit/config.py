@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import ConfigKeyError
 
 
 @dataclass
@@ -52,6 +53,9 @@ class AugmentConfig:
     strong: list[Any] = field(default_factory=list)
     # the large-scale-jitter range of AEL's copy-paste partner images (ael.md §4 ACP)
     partner_scale_range: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    # resize every training image to exactly [H, W] first (aspect ratio not kept; label nearest):
+    # ELN's VOC geometry is [505, 505] with scale_range [1, 1] and crop_size 505 (eln.md §5)
+    resize: list[int] | None = None
 
 
 @dataclass
@@ -89,13 +93,16 @@ class DataConfig:
     # voc layout only: SegmentationClassAug | SegmentationClass | auto
     voc_mask_dir: str = "auto"
     # geometry and batches (batch sizes are GLOBAL: divided by the world size)
-    crop_size: int = 96
+    # training crop: N (square) or [H, W] (ELN Cityscapes: [512, 1024]); checked by transforms.crop_hw
+    crop_size: Any = 96
     labeled_batch_size: int = 8
     unlabeled_batch_size: int = 8
     val_batch_size: int = 8
     # fast in-training validation: center_crop | whole | sliding
     val_mode: str = "whole"
-    val_crop_size: int | None = None
+    val_crop_size: Any = None
+    # resize val images AND labels to [H, W] before evaluation (ELN's VOC protocol: [505, 505])
+    val_resize: list[int] | None = None
     # read and check files before training: labeled (every labeled mask: size, values) | all | none
     check_before_training: str = "labeled"
     num_workers: int = 2
@@ -281,7 +288,12 @@ class WandbConfig:
     entity: str | None = None
     # offline | online | disabled. "offline" also applies when no API key is configured.
     mode: str = "offline"
+    # null = automatic: single run -> no group; Hydra multirun -> "<experiment>_<sweep timestamp>"
     group: str | None = None
+    # run name; null = automatic: "<name>_seed<seed>", in a multirun the job's swept overrides
+    run_name: str | None = None
+    # null = the task (train | eval)
+    job_type: str | None = None
     tags: list[str] = field(default_factory=list)
     log_model: bool = False
 
@@ -305,11 +317,28 @@ class CheckpointConfig:
 
 
 @dataclass
+class WandbPanelsConfig:
+    """Dashboard panels (``callbacks/wandb_panels.py``): images/tables go to W&B, numbers to every logger."""
+
+    enabled: bool = True
+    # fixed validation images (evenly spaced over the val set, the same ones at every validation)
+    n_images: int = 4
+    # log the validation panels at every n-th validation (the final evaluation is always logged)
+    every_n_val: int = 1
+    # panel images are downscaled so that their longer side is at most this many pixels
+    max_side: int = 512
+    # training-batch sample (AEL: after Copy-Paste / CutMix) every n steps; 0 = never
+    train_every_n_steps: int = 200
+    n_train_images: int = 4
+
+
+@dataclass
 class CallbacksConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     # EMA teacher / confidence bank settings live in method.* (the callbacks are added by the method)
     rich_progress: bool = True
     lr_monitor: bool = True
+    wandb_panels: WandbPanelsConfig = field(default_factory=WandbPanelsConfig)
 
 
 @dataclass
@@ -322,6 +351,43 @@ class EvalConfig:
     flip: bool = False
     # student | teacher; null = method.eval_model
     model: str | None = None
+
+
+@dataclass
+class PredictConfig:
+    """Options of ``task=predict`` (``input=DIR output=DIR``). The network, its normalisation, crop size
+    and classes come from the checkpoint; ``eval.scales`` / ``eval.flip`` / ``eval.model`` apply too."""
+
+    # auto (sliding window for images larger than the crop, whole image otherwise) | whole | sliding
+    mode: str = "auto"
+    # refuse a checkpoint with another class count before any work (null = accept the checkpoint's)
+    num_classes: int | None = None
+    save_color: bool = True
+    save_overlay: bool = True
+    # weight of the class colours in the overlay (image * (1 - a) + colours * a)
+    overlay_alpha: float = 0.5
+
+
+@dataclass
+class ExportConfig:
+    """Options of ``task=export``: ONNX / TorchScript of the evaluation network (normalised image
+    [N,3,H,W] -> logits [N,C,H,W]), written to ``output`` (null = beside the checkpoint)."""
+
+    # onnx | torchscript | both
+    format: str = "both"
+    # size of the example input (null = the checkpoint's crop size) and its batch size
+    height: int | None = None
+    width: int | None = None
+    batch_size: int = 1
+    # batch, height and width dynamic in the ONNX graph (false = fixed to the example input)
+    dynamic_axes: bool = True
+    opset: int = 18
+    # dynamo (torch.export-based, needs onnxscript; opset >= 18) | legacy (TorchScript-based; opset >= 11)
+    onnx_exporter: str = "dynamo"
+    # refuse a checkpoint with another class count before any work (null = accept the checkpoint's)
+    num_classes: int | None = None
+    # run the exported model(s) on a random image and compare with PyTorch (onnxruntime for ONNX)
+    check: bool = True
 
 
 @dataclass
@@ -338,9 +404,29 @@ class RootConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # task=predict: folder (or file) of images to segment, and the folder the predictions go to;
+    # task=export: folder for the exported files (null = beside the checkpoint)
+    input: str | None = None
+    output: str | None = None
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
-TASKS = ("train", "eval", "check_data")
+TASKS = ("train", "eval", "check_data", "predict", "export")
+
+
+def check_schema(cfg: Any) -> None:
+    """Re-check a composed config against :class:`RootConfig`.
+
+    Group files and plain overrides are checked by Hydra at composition, but ``+key=value`` adds a
+    key even to a typed node; merging into the schema again turns such a key (``+data.colour=0.5``)
+    into an error naming it instead of a silently ignored setting."""
+    try:
+        OmegaConf.merge(OmegaConf.structured(RootConfig), OmegaConf.to_container(cfg, resolve=False))
+    except ConfigKeyError as exc:
+        first = str(exc).splitlines()[0]
+        raise ValueError(f"unknown config key: {first} (check the spelling; `python -m semiseg_lit "
+                         f"--cfg job` prints every key)") from None
 
 
 def register_configs() -> None:

@@ -422,9 +422,9 @@ def test_scan_samples_collects_problems_and_histogram(tmp_path):
         "[7]" in rep.problems[0][1] and "truncated" in rep.problems[1][1] and "2x1" not in rep.problems[2][1]
     )
     assert not rep.ok
-    # header-only mode does not see the truncation
+    # header-only mode sees the truncation too: the PNG lacks its IEND end marker (image_io.image_size)
     fast = scan_samples(samples, num_classes=3, decode_images=False)
-    assert [Path(f).name for f, _ in fast.problems] == ["m1.png", "small.png", "gone.png"]
+    assert [Path(f).name for f, _ in fast.problems] == ["m1.png", "big.png", "small.png", "gone.png"]
     assert scan_samples([good_s], 3).ok
     remapped = scan_samples([bad_s], 3, label_remap={7: 255})
     assert remapped.ok and remapped.ignore_pixels == 2

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -8,6 +9,7 @@ from semiseg_lit.data.transforms import (
     Normalize,
     UnlabeledTransform,
     build_transforms,
+    crop_hw,
 )
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -108,3 +110,38 @@ def test_augmentation_does_not_depend_on_worker_count():
     b = torch.cat(list(DataLoader(ds, batch_size=2, num_workers=2)))
     assert torch.equal(a, b)
     assert len({m.numpy().tobytes() for m in a}) == 4
+
+
+def test_crop_hw_accepts_int_or_pair_and_names_the_key():
+    assert crop_hw(769) == (769, 769)
+    assert crop_hw([512, 1024]) == (512, 1024)
+    for bad in (0, -3, [512], [512, 0], "769", True, 1.5):
+        with pytest.raises(ValueError, match="data.crop_size"):
+            crop_hw(bad)
+
+
+def test_non_square_crop():
+    image, mask = scene(40, 50)
+    t = LabeledTransform(crop=[16, 32], scale_range=(1.0, 1.0), hflip=False, pad_label=255, mean=MEAN, std=STD)
+    out = t(image, mask, seed=0)
+    assert out["image"].shape == (3, 16, 32) and out["mask"].shape == (16, 32)
+
+
+def test_resize_then_crop_keeps_labels_nearest():
+    """ELN VOC geometry: resize to exactly [H, W] (aspect not kept), no scale, crop = the size."""
+    image, mask = scene(40, 50)
+    t = LabeledTransform(crop=25, scale_range=(1.0, 1.0), hflip=False, pad_label=255, mean=MEAN, std=STD,
+                         resize=[25, 25])
+    out = t(image, mask, seed=0)
+    assert out["mask"].shape == (25, 25)
+    # columns of 10 px become columns of 5 px; no interpolated (non-integer / new) label values
+    assert out["mask"][0].tolist() == [c // 5 for c in range(25)]
+    assert bool((out["mask"] == out["mask"][0]).all())
+
+
+def test_eval_resize_resizes_image_and_label():
+    image, mask = scene(40, 50)
+    out = EvalTransform(MEAN, STD, resize=[20, 25])(image, mask)
+    assert out["image"].shape == (3, 20, 25) and out["mask"].shape == (20, 25)
+    assert out["mask"][0].tolist() == [c // 5 for c in range(25)]
+    assert EvalTransform(MEAN, STD)(image, mask)["mask"].shape == (40, 50)

@@ -8,6 +8,7 @@ import torch
 from scipy import ndimage
 
 from semiseg_lit.ops.cutmix import (
+    class_presence,
     component_box_masks,
     connected_components,
     cutmix_masks,
@@ -15,6 +16,7 @@ from semiseg_lit.ops.cutmix import (
     random_box_masks,
     sample_from_cutmix_bank,
     update_cutmix_bank,
+    write_cutmix_bank,
 )
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -251,6 +253,17 @@ def test_update_cutmix_bank_errors() -> None:
         update_cutmix_bank(torch.zeros(3, 4), torch.tensor([0]), torch.zeros(2, 2, 2, dtype=torch.long), 0.1)
     with pytest.raises(ValueError, match="bank"):
         update_cutmix_bank(torch.zeros(3), torch.tensor([0]), torch.zeros(1, 2, 2, dtype=torch.long), 0.1)
+
+
+def test_class_presence_rows_written_to_the_bank_equal_the_direct_update() -> None:
+    # what a DDP rank gathers instead of the predictions: one [C] presence row per image
+    pred = torch.tensor([[[0, 0], [0, 1]], [[2, 2], [2, 255]]])
+    present = class_presence(pred, 3, min_area=0.5)
+    assert present.tolist() == [[True, False, False], [False, False, True]]
+    direct = update_cutmix_bank(torch.zeros(3, 4, dtype=torch.bool), torch.tensor([3, 1]), pred, 0.5)
+    assert torch.equal(write_cutmix_bank(torch.zeros(3, 4, dtype=torch.bool), torch.tensor([3, 1]), present), direct)
+    with pytest.raises(ValueError, match="present"):
+        write_cutmix_bank(torch.zeros(3, 4), torch.tensor([3, 1]), present[:, :2])
 
 
 # ---------------------------------------------------------------- sample_from_cutmix_bank

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from semiseg_lit.ops.losses import (
+    class_argmax,
     ohem_cross_entropy,
     per_pixel_cross_entropy,
     pseudo_labels,
@@ -207,3 +208,11 @@ def test_weighted_loss_bf16_and_errors() -> None:
         weighted_pseudo_label_loss(logits, labels, conf, keep=torch.ones(1, 1, 2))
     with pytest.raises(ValueError, match="pseudo_label"):
         weighted_pseudo_label_loss(logits, labels[:, :, :2], conf)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_class_argmax_equals_argmax_including_ties(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (2, 5, 7, 6), generator=g).to(dtype)  # many ties: the first maximum wins
+    assert torch.equal(class_argmax(x), x.argmax(1))
+    assert torch.equal(class_argmax(x, dim=-1), x.argmax(-1))

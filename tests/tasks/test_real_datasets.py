@@ -445,3 +445,89 @@ def test_flat_folder_needs_split_subfolders_or_split_lists(compose_cfg, tmp_path
     assert (_ids(p.labeled), _ids(p.unlabeled), _ids(p.val)) == (sorted(train[:2]), sorted(train[2:]),
                                                                  tree.splits["val"])
     assert all(s.mask is not None and s.mask.is_file() for s in p.labeled + p.val)
+
+
+# ------------------------------------------------------------------------------------ ELN experiments
+
+ELN_EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("eln_*.yaml")
+                         if "synthscapes" not in p.stem)
+# eln.md §5: labeled counts (Cityscapes: the ELN code's floor(2975 × split); VOC: the blended counts of
+# the AEL experiments, 1/20 = the ELN code's 530), stage steps = epochs × 266
+ELN_REFERENCE = {
+    "cityscapes_1_8": 371, "cityscapes_1_4": 743, "cityscapes_1_2": 1487,
+    "voc_blend_1_20": 530, "voc_blend_1_16": 662, "voc_blend_1_8": 1323, "voc_blend_1_4": 2646,
+}  # fmt: skip
+
+
+def eln_smoke(root: Path, out: Path, n_labeled: int = 4) -> list[str]:
+    """ELN experiments shrunk to CPU seconds: stage 1 = step 0, stage 2 = step 1, stage 3 from step 2."""
+    return [*smoke(root, out, n_labeled), "data.crop_size=64", "data.augment.resize=null", "data.val_resize=null",
+            "method.eln.encoder=resnet18", "method.eln.encoder_weights=null", "method.eln.decoder_channels=32",
+            "method.eln.pretrain_steps=1", "method.eln.eln_steps=1", "trainer.max_steps=3",
+            "trainer.val_check_interval=3", "trainer.log_every_n_steps=1", "model.projection_dim=16"]
+
+
+def test_eln_experiments_exist_for_every_published_partition():
+    assert ELN_EXPERIMENTS == sorted(f"eln_{k}" for k in ELN_REFERENCE)
+
+
+@pytest.mark.parametrize("name", ELN_EXPERIMENTS)
+def test_eln_experiment_has_the_reference_hyper_parameters(compose_cfg, name):
+    cfg = compose_cfg([f"+experiment={name}"])
+    d, m, o = cfg.data, cfg.model, cfg.method
+    city = "cityscapes" in name
+    assert (cfg.name, o.name, d.n_labeled) == (name, "eln", ELN_REFERENCE[name.split("_", 1)[1]])
+    assert (m.encoder, m.encoder_weights, m.output_stride) == ("resnet50" if city else "resnet101", "imagenet", 16)
+    assert list(m.atrous_rates) == [6, 12, 18] and m.projection_dim == 128 and m.decoder_channels == 256
+    assert (o.optim.name, o.optim.lr, o.optim.backbone_lr_mult, o.optim.weight_decay, o.optim.scheduler) == (
+        "adamw", 1e-4, 0.1, 1e-5, "constant")
+    e = o.eln
+    assert (e.encoder, e.encoder_weights, e.threshold, e.ema_decay, e.temperature, e.n_crops, e.crop_size) == (
+        "resnet34", "imagenet", 0.5, 0.995, 0.5, 8, 32)
+    # stages in reference "epochs" of 266 steps: VOC 70 / 50, Cityscapes 100 / 58; 500 epochs in all
+    assert (e.pretrain_steps, e.eln_steps) == ((100 * 266, 58 * 266) if city else (70 * 266, 50 * 266))
+    assert cfg.trainer.max_steps == 500 * 266
+    assert list(d.augment.scale_range) == [1.0, 1.0] and d.augment.hflip and d.val_mode == "whole"
+    jitter, gray = d.augment.strong
+    assert jitter._target_ == "albumentations.ColorJitter" and jitter.p == 1.0
+    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (0.4, 0.4, 0.4, 0.1)
+    assert gray._target_ == "albumentations.ToGray" and gray.p == 0.2
+    if city:
+        assert list(d.crop_size) == [512, 1024] and d.augment.resize is None and d.val_resize is None
+        assert (d.labeled_batch_size, d.unlabeled_batch_size) == (4, 4)
+    else:
+        assert d.crop_size == 505 and list(d.augment.resize) == [505, 505] and list(d.val_resize) == [505, 505]
+        assert (d.labeled_batch_size, d.unlabeled_batch_size) == (6, 6)
+        assert d.voc_mask_dir == "SegmentationClassAug" and d.train_split == "train_aug"
+
+
+def test_eln_cityscapes_crops_512x1024_and_voc_resizes_to_505(compose_cfg, city_tree, voc_tree, tmp_path):
+    """The reference geometries on real trees: non-square crop (Cityscapes), exact resize (VOC)."""
+    cfg = compose_cfg(["+experiment=eln_cityscapes_1_4", *smoke(city_tree.root, tmp_path / "c", n_labeled=3),
+                       "data.crop_size=[32,64]"])
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    batch = next(iter(dm.stream_loader("unlabeled")))
+    assert batch["image"].shape == (4, 3, 32, 64) and batch["image_strong"].shape == (4, 3, 32, 64)
+    cfg = compose_cfg(["+experiment=eln_voc_blend_1_8", *smoke(voc_tree.root, tmp_path / "v", n_labeled=3),
+                       "data.crop_size=40", "data.augment.resize=[40,40]", "data.val_resize=[24,40]"])
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    batch = next(iter(dm.stream_loader("labeled")))
+    assert batch["image"].shape == (4, 3, 40, 40)
+    assert set(torch.unique(batch["mask"]).tolist()) <= set(range(21)) | {255}
+    val = dm._datasets["val"][0]
+    assert val["image"].shape == (3, 24, 40) and val["mask"].shape == (24, 40)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment, fixture", [("eln_cityscapes_1_8", "city_tree")])  # VOC geometry: above
+def test_eln_experiment_runs_the_three_stages_on_a_real_tree(compose_cfg, request, tmp_path, experiment, fixture):
+    tree: Tree = request.getfixturevalue(fixture)
+    out = tmp_path / "train"
+    miou = run_task(compose_cfg([f"+experiment={experiment}", *eln_smoke(tree.root, out)]))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["miou"] == pytest.approx(miou) and metrics["step"] == 3
+    rows = (out / "csv" / "metrics.csv").read_text()
+    for term in ("train/eln", "train/pl_weak", "train/con_strong"):  # stage 2 and 3 losses were logged
+        assert term in rows, term

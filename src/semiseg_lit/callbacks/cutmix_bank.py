@@ -3,17 +3,18 @@
 ``bank[c, i] = 1`` ⇔ unlabeled image ``i`` was last seen (in its augmented crop, by the teacher)
 showing class ``c`` over at least ``area_thresh`` of the crop. It lives on the training device
 and is updated in the training step from the teacher's argmax on both the random and the
-bank-drawn unlabeled images. With ``sync=True`` the (index, presence) rows of every rank are
-all-gathered, so all ranks hold the same bank (indices refer to one sorted unlabeled list,
-identical on every rank).
+bank-drawn unlabeled images. With ``sync=True`` the (index, class-presence) rows of every rank are
+all-gathered (B·C bytes per rank and step, not the B·H·W predictions), so all ranks hold the same
+bank (indices refer to one sorted unlabeled list, identical on every rank).
 
 The bank-drawn images are loaded by the DataLoader's workers, not synchronously in the training
 loop: the ``bank`` stream's :class:`~semiseg_lit.data.samplers.CutMixBankSampler` (in the main
 process) draws ``class ~ softmax(1 - conf)`` and an image from ``bank[class]``. Because the
 loader prefetches, the sampler reads a CPU snapshot of ``(conf, bank)`` taken ``lag`` steps
 earlier; snapshots are kept in a ring and checkpointed, so the draws do not depend on the number
-of workers and a resumed run draws exactly what the uninterrupted one did. (One device→host copy
-of the small bank per step is the price of this design; see BENCHMARKS.md.)
+of workers and a resumed run draws exactly what the uninterrupted one did. The device→host copy
+of the small bank per step is asynchronous on CUDA (pinned buffers, an event waited on only when
+the sampler reads the snapshot ``lag`` steps later), so it costs no host sync.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from semiseg_lit.ops.cutmix import update_cutmix_bank
+from semiseg_lit.ops.cutmix import class_presence, write_cutmix_bank
 
 
 class CutMixBank(Callback):
@@ -43,17 +44,22 @@ class CutMixBank(Callback):
         self.snap_bank = torch.zeros(lag + 1, num_classes, num_images, dtype=torch.bool)
         self.initial_conf = torch.zeros(num_classes)
         self._strategy = None
+        self._copied: list[Any] = [None] * (lag + 1)  # CUDA: event marking the end of each slot's copy
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.bank = self.bank.to(pl_module.device)
         self._strategy = trainer.strategy
         pl_module.cutmix_bank = self
+        if self.bank.is_cuda and not self.snap_bank.is_pinned():  # asynchronous device->host snapshots
+            self.snap_conf, self.snap_bank = self.snap_conf.pin_memory(), self.snap_bank.pin_memory()
         bank_cb = getattr(pl_module, "confidence_bank", None)
         if bank_cb is not None:
             self.initial_conf = bank_cb.bank.detach().cpu().float().clone()
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        for slot in range(self.lag + 1):
+            self._wait(slot)
         return {"bank": self.bank.cpu().clone(), "snap_steps": self.snap_steps.clone(),
                 "snap_conf": self.snap_conf.clone(), "snap_bank": self.snap_bank.clone(),
                 "initial_conf": self.initial_conf.clone()}
@@ -73,22 +79,40 @@ class CutMixBank(Callback):
     # ------------------------------------------------------------------ updates
     @torch.no_grad()
     def update(self, indices: torch.Tensor, pred: torch.Tensor) -> None:
-        """Record the classes the teacher sees in each image: ``indices [B]``, ``pred [B,H,W]``."""
+        """Record the classes the teacher sees in each image: ``indices [B]``, ``pred [B,H,W]``.
+
+        With ``sync`` only the per-image presence rows ``[B, C]`` are all-gathered (not the predictions).
+        """
+        if indices.shape != pred.shape[:1]:
+            raise ValueError(f"indices: expected shape ({pred.shape[0]},), got {tuple(indices.shape)}")
+        present = class_presence(pred, self.num_classes, self.area_thresh)
         if self.sync and self._strategy is not None and self._strategy.world_size > 1:
             indices = self._strategy.all_gather(indices).flatten(0, 1)
-            pred = self._strategy.all_gather(pred).flatten(0, 1)
-        update_cutmix_bank(self.bank, indices, pred, self.area_thresh)
+            present = self._strategy.all_gather(present.to(torch.uint8)).flatten(0, 1).bool()
+        write_cutmix_bank(self.bank, indices, present)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step - 1
         slot = step % (self.lag + 1)
         conf = pl_module.confidence_bank.bank if getattr(pl_module, "confidence_bank", None) else None
-        # the single device→host copy per step (small: C floats + C×N bools)
+        # the device→host copy of the step (small: C floats + C×N bools); on CUDA it is asynchronous
+        # (pinned buffers + an event), and the sampler reads it `lag` steps later: no host sync here
+        asynchronous = self.bank.is_cuda
+        self._wait(slot)  # the copy `lag + 1` steps ago into this slot (long finished)
         if conf is not None:
-            self.snap_conf[slot].copy_(conf.detach().float().cpu())
-        self.snap_bank[slot].copy_(self.bank.cpu())
+            self.snap_conf[slot].copy_(conf.detach().float(), non_blocking=asynchronous)
+        self.snap_bank[slot].copy_(self.bank, non_blocking=asynchronous)
         self.snap_steps[slot] = step
+        if asynchronous:
+            self._copied[slot] = torch.cuda.Event()
+            self._copied[slot].record()
+
+    def _wait(self, slot: int) -> None:
+        """Block until the asynchronous copy into ``slot`` (if any) has landed."""
+        event, self._copied[slot] = self._copied[slot], None
+        if event is not None:
+            event.synchronize()
 
     # ------------------------------------------------------------------ read by the sampler
     def snapshot_for(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,4 +126,5 @@ class CutMixBank(Callback):
                 f"CutMix bank snapshot of step {src} is not available when drawing step {step}: the data loader "
                 f"prefetches more than method.ael.cutmix_bank_lag={self.lag} steps ahead; raise the lag or lower "
                 "data.num_workers")
+        self._wait(slot)
         return self.snap_conf[slot], self.snap_bank[slot]

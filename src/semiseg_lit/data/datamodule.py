@@ -35,6 +35,7 @@ from semiseg_lit.data.transforms import (
     LabeledTransform,
     UnlabeledTransform,
     build_transforms,
+    crop_hw,
 )
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,18 @@ class SemiSegDataModule(pl.LightningDataModule):
 
     def resolve_partition(self) -> Partition:
         """Turn the config into labeled / unlabeled / val file lists, with all checks."""
-        from semiseg_lit.data.splits import check_disjoint, check_files_exist, partition
+        from semiseg_lit.data.splits import (
+            check_disjoint,
+            check_files_exist,
+            check_unique_ids,
+            check_utf8_names,
+            partition,
+        )
+
+        def check_list(samples: list, source: str) -> None:
+            check_utf8_names(samples, source)
+            check_unique_ids(samples, source)
+            check_files_exist(samples, source)
 
         cfg = self.cfg
         layout = self.layout()
@@ -229,16 +241,16 @@ class SemiSegDataModule(pl.LightningDataModule):
                else self._split_samples(layout, cfg.val_split))
         check_disjoint(labeled, unlabeled, str(labeled_list or "labeled draw"),
                        str(unlabeled_list or "unlabeled complement"))
-        check_files_exist(labeled, str(labeled_list or cfg.root))
+        check_list(labeled, str(labeled_list or cfg.root))
         if "unlabeled" in self.streams or "bank" in self.streams:
             if not unlabeled:
                 raise ValueError(f"the unlabeled set is empty ({source}); semi-supervised methods need "
                                  "unlabeled images: lower data.n_labeled or give data.unlabeled_list")
-            check_files_exist(unlabeled, str(unlabeled_list or cfg.root))
+            check_list(unlabeled, str(unlabeled_list or cfg.root))
         if not val:
             raise ValueError(f"the validation set is empty (data.val_list={cfg.val_list}, "
                              f"data.val_split={cfg.val_split}, root {cfg.root})")
-        check_files_exist(val, str(cfg.val_list or cfg.root))
+        check_list(val, str(cfg.val_list or cfg.root))
         return Partition(labeled=list(labeled), unlabeled=list(unlabeled), val=list(val), source=source)
 
     def check_contents(self, labeled: list, unlabeled: list, val: list) -> None:
@@ -281,8 +293,9 @@ class SemiSegDataModule(pl.LightningDataModule):
         aug = cfg.augment
         remap = OmegaConf.to_container(cfg.label_remap) if cfg.label_remap else None
         common = dict(num_classes=self.num_classes, ignore_index=int(cfg.ignore_index), label_remap=remap)
-        geo = dict(crop=int(cfg.crop_size), hflip=bool(aug.hflip), pad_label=int(aug.pad_label),
-                   mean=list(cfg.mean), std=list(cfg.std))
+        resize = list(aug.resize) if aug.resize is not None else None
+        geo = dict(crop=crop_hw(cfg.crop_size), hflip=bool(aug.hflip), pad_label=int(aug.pad_label),
+                   mean=list(cfg.mean), std=list(cfg.std), resize=resize)
         self._datasets["labeled"] = SegmentationDataset(
             p.labeled, transform=LabeledTransform(scale_range=list(aug.scale_range), **geo), **common)
         if "partner" in self.streams:
@@ -300,7 +313,9 @@ class SemiSegDataModule(pl.LightningDataModule):
                 p.unlabeled, load_mask=False, check_values=False,
                 transform=UnlabeledTransform(scale_range=list(aug.scale_range), **geo), **common)
         self._datasets["val"] = SegmentationDataset(
-            p.val, transform=EvalTransform(mean=list(cfg.mean), std=list(cfg.std)), **common)
+            p.val, transform=EvalTransform(mean=list(cfg.mean), std=list(cfg.std),
+                                       resize=list(cfg.val_resize) if cfg.val_resize is not None else None),
+            **common)
 
     # ------------------------------------------------------------------ loaders
     def _world(self) -> tuple[int, int]:

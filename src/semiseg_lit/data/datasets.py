@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import Dataset
 
 from semiseg_lit.data.image_io import (
@@ -23,6 +22,7 @@ from semiseg_lit.data.image_io import (
     check_label_values,
     check_same_hw,
     check_same_size,
+    image_size,
     invalid_label_values,
     label_histogram,
     read_image,
@@ -483,14 +483,8 @@ class ScanReport:
 
 
 def _image_size(path: Path, decode: bool) -> tuple[int, int]:
-    """(H, W) of an image: fully decoded (catches truncation) or from the header only."""
-    if decode:
-        return read_image(path).shape[:2]  # type: ignore[return-value]
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read image file {path}: {e}") from e
+    """(H, W) of an image: fully decoded, or from the header (+ an end-marker check for truncation)."""
+    return image_size(path, decode)
 
 
 def scan_samples(

@@ -16,6 +16,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 __all__ = [
     "DataError",
     "read_image",
+    "image_size",
+    "tail_looks_truncated",
     "read_mask",
     "label_histogram",
     "invalid_label_values",
@@ -62,6 +64,47 @@ def _open_loaded(path: PathLike, what: str) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read {what} file {p}: truncated or corrupt ({e})") from e
     return im
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"IEND\xaeB`\x82"  # the last 8 bytes of every complete PNG (chunk type + CRC)
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+
+
+def tail_looks_truncated(path: PathLike) -> bool:
+    """Cheap completeness test from the first and last bytes only: a PNG must end with its IEND chunk,
+    a JPEG with the EOI marker. False for other formats; True can be a false alarm (data appended
+    after the end marker), so callers confirm it with a full decode."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - 16))
+        tail = f.read()
+    if head.startswith(_PNG_SIGNATURE):
+        return not tail.endswith(_PNG_IEND)
+    if head.startswith(_JPEG_SOI):
+        return not tail.rstrip(b"\x00").endswith(_JPEG_EOI)
+    return False
+
+
+def image_size(path: PathLike, decode: bool = False) -> tuple[int, int]:
+    """(H, W) of an image without decoding its pixels (unless ``decode``), raising
+    :class:`DataError` for a missing, empty or unreadable file; a PNG/JPEG whose end marker is
+    missing (see :func:`tail_looks_truncated`) is fully decoded, which catches truncated files."""
+    p = Path(path)
+    if decode:
+        return read_image(p).shape[:2]  # type: ignore[return-value]
+    if p.is_file() and p.stat().st_size == 0:
+        raise DataError(f"image file is empty (0 bytes): {p}")
+    try:
+        with Image.open(p) as im:
+            size = (im.height, im.width)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"cannot read image file {p}: {e}") from e
+    if tail_looks_truncated(p):
+        read_image(p)  # raises DataError when the file really is truncated
+    return size
 
 
 def read_image(path: PathLike) -> np.ndarray:

@@ -8,6 +8,7 @@ Published lists come in several line formats (§2.3): ``img mask`` pairs separat
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ __all__ = [
     "partition",
     "check_disjoint",
     "check_files_exist",
+    "check_unique_ids",
+    "check_utf8_names",
 ]
 
 PathLike = str | Path
@@ -124,6 +127,31 @@ def check_disjoint(
             f"labeled list {labeled_src} and unlabeled list {unlabeled_src} share {len(shared)} id(s): "
             f"{_first(shared)}; they must be disjoint"
         )
+
+
+def check_unique_ids(samples: Sequence[Sample], source: PathLike) -> None:
+    """Raise :class:`SplitError` if two records of one list name the same sample id (e.g. a bare id
+    and an ``image mask`` pair of the same image), which would silently weight it twice."""
+    dups = [i for i, n in Counter(s.id for s in samples).items() if n > 1]
+    if dups:
+        raise SplitError(f"{source} names {len(dups)} sample id(s) more than once: {_first(dups)}; "
+                         "each image may appear once per list")
+
+
+def check_utf8_names(samples: Sequence[Sample], source: PathLike) -> None:
+    """Raise :class:`SplitError` naming the first file whose name is not valid UTF-8 (on Linux such
+    bytes names arrive as surrogate escapes and break printing, logging and split lists)."""
+    for s in samples:
+        for f in (s.image, s.mask):
+            if f is None:
+                continue
+            try:
+                str(f).encode("utf-8")
+            except UnicodeEncodeError:
+                raw = os.fsencode(f)
+                raise SplitError(
+                    f"file name {raw!r} (from {source}) is not valid UTF-8; rename it, e.g. "
+                    f"`convmv -f latin1 -t utf8 --notest <file>` (semiseg_lit needs UTF-8 file names)") from None
 
 
 def check_files_exist(samples: Sequence[Sample], source: PathLike) -> None:

@@ -55,21 +55,40 @@ def build_transforms(specs: Sequence[Any] | ListConfig | None) -> list[A.BasicTr
     return out
 
 
-def _geometric(crop: int, scale_range: Sequence[float], hflip: bool, pad_label: int,
-               mean: Sequence[float]) -> list[Any]:
-    """Random scale → pad to the crop → random crop → flip. The image is padded with the mean
-    colour (0 after normalisation, as the reference pads normalised tensors with 0, ael.md §9)."""
+def crop_hw(value: Any, key: str = "data.crop_size") -> tuple[int, int]:
+    """A crop size given as ``N`` (square) or ``[H, W]`` -> ``(H, W)``; anything else is an error."""
+    if isinstance(value, (ListConfig, list, tuple)):
+        items = list(value)
+        if len(items) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
+            return int(items[0]), int(items[1])
+    elif isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return int(value), int(value)
+    raise ValueError(f"{key}={value!r}: expected a positive int (square) or [height, width]")
+
+
+def _geometric(crop: int | Sequence[int], scale_range: Sequence[float], hflip: bool, pad_label: int,
+               mean: Sequence[float], resize: Sequence[int] | None = None) -> list[Any]:
+    """(Resize to exactly ``resize``) → random scale → pad to the crop → random crop → flip.
+
+    The image is padded with the mean colour (0 after normalisation, as the reference pads
+    normalised tensors with 0, ael.md §9). ``resize`` ([H, W], aspect ratio not kept) is ELN's VOC
+    geometry (eln.md §5: every image resized to 505×505, no scale, no crop)."""
     fill = tuple(float(m) * 255.0 for m in mean)
+    crop_h, crop_w = crop_hw(crop)
     lo, hi = float(scale_range[0]), float(scale_range[1])
     ops: list[Any] = []
+    if resize is not None:
+        rh, rw = crop_hw(resize, "data.augment.resize")
+        ops.append(A.Resize(height=rh, width=rw, interpolation=cv2.INTER_LINEAR,
+                            mask_interpolation=cv2.INTER_NEAREST))
     if (lo, hi) != (1.0, 1.0):
         # RandomScale(scale_limit=(a-1, b-1)) draws the factor uniformly in [a, b]
         ops.append(A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
                                  mask_interpolation=cv2.INTER_NEAREST, p=1.0))
     ops += [
-        A.PadIfNeeded(min_height=crop, min_width=crop, position="center",
+        A.PadIfNeeded(min_height=crop_h, min_width=crop_w, position="center",
                       border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=pad_label),
-        A.RandomCrop(height=crop, width=crop),
+        A.RandomCrop(height=crop_h, width=crop_w),
     ]
     if hflip:
         ops.append(A.HorizontalFlip(p=0.5))
@@ -101,9 +120,9 @@ def _mask_tensor(mask: np.ndarray | None) -> torch.Tensor | None:
 class LabeledTransform:
     """Weak geometric augmentation of an (image, mask) pair -> {"image", "mask"} tensors."""
 
-    def __init__(self, crop: int, scale_range: Sequence[float], hflip: bool, pad_label: int,
-                 mean: Sequence[float], std: Sequence[float]):
-        self.geometric = A.Compose(_geometric(crop, scale_range, hflip, pad_label, mean))
+    def __init__(self, crop: int | Sequence[int], scale_range: Sequence[float], hflip: bool, pad_label: int,
+                 mean: Sequence[float], std: Sequence[float], resize: Sequence[int] | None = None):
+        self.geometric = A.Compose(_geometric(crop, scale_range, hflip, pad_label, mean, resize))
         self.normalize = Normalize(mean, std)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None, seed: int | None = None
@@ -124,9 +143,10 @@ class UnlabeledTransform:
     for diagnostics such as pseudo-label accuracy on synthscapes, never for training).
     """
 
-    def __init__(self, crop: int, scale_range: Sequence[float], hflip: bool, pad_label: int,
-                 mean: Sequence[float], std: Sequence[float], strong: Sequence[Any] = ()):
-        self.geometric = A.Compose(_geometric(crop, scale_range, hflip, pad_label, mean))
+    def __init__(self, crop: int | Sequence[int], scale_range: Sequence[float], hflip: bool, pad_label: int,
+                 mean: Sequence[float], std: Sequence[float], strong: Sequence[Any] = (),
+                 resize: Sequence[int] | None = None):
+        self.geometric = A.Compose(_geometric(crop, scale_range, hflip, pad_label, mean, resize))
         self.strong = A.Compose(list(strong))
         self.normalize = Normalize(mean, std)
 
@@ -146,13 +166,25 @@ class UnlabeledTransform:
 
 class EvalTransform:
     """Evaluation: no geometry (full image), only normalisation. Cropping/padding for the chosen
-    protocol (center crop, whole image, sliding window) happens on the batch in the method."""
+    protocol (center crop, whole image, sliding window) happens on the batch in the method.
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+    ``resize`` ([H, W]) resizes image (bilinear) AND label (nearest) first: ELN's VOC protocol
+    measures mIoU on 505×505 resized labels (eln.md §6), not at the original resolution."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], resize: Sequence[int] | None = None):
         self.normalize = Normalize(mean, std)
+        self.resize = crop_hw(resize, "data.val_resize") if resize is not None else None
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None, seed: int | None = None
                  ) -> dict[str, torch.Tensor]:
+        if self.resize is not None:
+            size = (self.resize[1], self.resize[0])  # cv2 takes (width, height)
+            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+            if mask is not None:  # nearest neighbour by indexing: any integer dtype
+                h, w = mask.shape[:2]
+                rows = np.minimum((np.arange(self.resize[0]) * h) // self.resize[0], h - 1)
+                cols = np.minimum((np.arange(self.resize[1]) * w) // self.resize[1], w - 1)
+                mask = mask[rows[:, None], cols[None, :]]
         out = {"image": self.normalize(image)}
         if mask is not None:
             out["mask"] = _mask_tensor(mask)

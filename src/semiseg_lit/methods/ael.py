@@ -37,7 +37,7 @@ from semiseg_lit.methods.base import SegMethod
 from semiseg_lit.ops.confidence import copy_paste_class_probs, equalization_keep_rate
 from semiseg_lit.ops.copy_paste import adaptive_copy_paste, draw_paste_classes
 from semiseg_lit.ops.cutmix import cutmix_masks, mix, random_box_masks
-from semiseg_lit.ops.losses import pseudo_labels, weighted_pseudo_label_loss
+from semiseg_lit.ops.losses import class_argmax, pseudo_labels, weighted_pseudo_label_loss
 from semiseg_lit.ops.sampling import equalization_keep_mask
 
 
@@ -51,6 +51,7 @@ class AELMethod(SegMethod):
         self.num_unlabeled = num_unlabeled
         self.confidence_bank: ConfidenceBank | None = None
         self.cutmix_bank: CutMixBank | None = None
+        self.last_views: dict | None = None  # set by training_step (see there), read by WandbPanels
         ignore_list = self.ael.copy_paste_ignore_classes
         if ignore_list is None:
             ignore_list = cfg.data.stuff_classes
@@ -101,7 +102,7 @@ class AELMethod(SegMethod):
         a = self.ael
         keep = None
         if keep_rate is not None:
-            keep = equalization_keep_mask(logits.detach().argmax(1), keep_rate, generator=g,
+            keep = equalization_keep_mask(class_argmax(logits.detach()), keep_rate, generator=g,
                                           shared_noise=a.sampling_shared_noise)
         return weighted_pseudo_label_loss(
             logits.float(), pl_label, pl_conf, keep=keep, gamma=float(a.gamma) if a.reweight else 0.0,
@@ -132,7 +133,7 @@ class AELMethod(SegMethod):
                 x2, idx2, cls2 = batch["bank"]["image"], batch["bank"]["index"], batch["bank"]["bank_class"]
                 t12 = self.teacher(torch.cat([x1, x2]))
                 t1, t2 = t12.float().chunk(2)
-                pred1, pred2 = t1.argmax(1), t2.argmax(1)
+                pred1, pred2 = class_argmax(t1), class_argmax(t2)
                 mask = cutmix_masks(pred2, cls2, float(a.cutmix_area_thresh), generator=g)
                 self.cutmix_bank.update(torch.cat([idx1, idx2]), torch.cat([pred1, pred2]))
                 x_u, t_u = mix(x1, x2, mask), mix(t1, t2, mask)
@@ -143,10 +144,14 @@ class AELMethod(SegMethod):
                 mask = random_box_masks(b, h, w, area=0.5, generator=g, device=self.device)
                 x_u, t_u = mix(x1, x2, mask), mix(t1, t2, mask)
             else:
-                x_u, t_u = x1, self.teacher(x1).float()
+                x_u, t_u, mask = x1, self.teacher(x1).float(), None
             conf_u, pl_u = pseudo_labels(t_u, float(a.threshold), self.ignore_index)
             if t_l is not None:
                 conf_l, pl_l = pseudo_labels(t_l.float(), float(a.threshold), self.ignore_index)
+
+        # the batch as trained on, for the W&B panels (references only, no copies or syncs);
+        # mix_mask = 1 where the pixel was pasted from the second image (None without CutMix)
+        self.last_views = {"labeled": (x_l, y_l), "mixed": (x_u, pl_u), "mix_mask": mask}
 
         # 3. student
         out_l = self.student.forward_all(x_l, aux=True)

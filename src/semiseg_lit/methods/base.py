@@ -17,12 +17,12 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from semiseg_lit.data.labels import ClassInfo
+from semiseg_lit.data.transforms import crop_hw
 from semiseg_lit.models.deeplab import SegmentationNet, build_segmentation_net
-from semiseg_lit.ops.losses import ohem_cross_entropy
+from semiseg_lit.ops.losses import class_argmax, ohem_cross_entropy
 from semiseg_lit.ops.metrics import segmentation_scores
 from semiseg_lit.ops.sliding_window import (
     center_crop,
-    default_stride,
     multi_scale_inference,
     sliding_window_inference,
 )
@@ -124,6 +124,13 @@ class SegMethod(pl.LightningModule):
             raise ValueError(f"method.eval_model={which!r}: expected 'student' or 'teacher'")
         return self.student
 
+    def val_crop(self) -> tuple[int, int]:
+        """(H, W) of the center crop / sliding window: ``data.val_crop_size`` or ``data.crop_size``."""
+        data = self.cfg.data
+        if data.val_crop_size is not None:
+            return crop_hw(data.val_crop_size, "data.val_crop_size")
+        return crop_hw(data.crop_size)
+
     @torch.no_grad()
     def predict_probs(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities [B,C,H,W] by the evaluation protocol: ``eval.mode`` (default
@@ -131,10 +138,10 @@ class SegMethod(pl.LightningModule):
         data, ev = self.cfg.data, self.cfg.eval
         mode = ev.mode or data.val_mode
         net = self.eval_network()
-        crop = int(data.val_crop_size or data.crop_size)
+        crop = self.val_crop()
         if mode == "sliding":
-            def infer(x: torch.Tensor) -> torch.Tensor:
-                return sliding_window_inference(net, x, self.num_classes, crop=crop, stride=default_stride(crop))
+            def infer(x: torch.Tensor) -> torch.Tensor:  # stride: default_stride of each side
+                return sliding_window_inference(net, x, self.num_classes, crop=crop)
         elif mode in ("whole", "center_crop"):
             def infer(x: torch.Tensor) -> torch.Tensor:
                 return net(x).float().softmax(1)
@@ -148,9 +155,9 @@ class SegMethod(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         images, masks = batch["image"], batch["mask"]
         if (self.cfg.eval.mode or self.cfg.data.val_mode) == "center_crop":
-            images, masks = center_crop(images, masks, int(self.cfg.data.val_crop_size or self.cfg.data.crop_size))
+            images, masks = center_crop(images, masks, self.val_crop())
         probs = self.predict_probs(images)
-        self.val_confusion.update(probs.argmax(1), masks)
+        self.val_confusion.update(class_argmax(probs), masks)
 
     def on_validation_epoch_end(self) -> None:
         cm = self.val_confusion.compute()

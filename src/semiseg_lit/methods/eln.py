@@ -56,6 +56,7 @@ from semiseg_lit.models.deeplab import SegmentationNet, SegOutput
 from semiseg_lit.models.eln_net import ErrorLocalizationNet, dropout_disabled
 from semiseg_lit.ops.contrastive import pixel_contrastive_loss
 from semiseg_lit.ops.eln_targets import aux_decoder_gate, balanced_bce_loss, eln_pseudo_labels, eln_targets
+from semiseg_lit.ops.losses import class_argmax
 from semiseg_lit.ops.sliding_window import center_crop
 
 __all__ = ["AuxDecoder", "ELNMethod", "eln_stage", "freeze_bn_affine_", "kept_rejected_accuracy",
@@ -192,6 +193,10 @@ class AuxDecoder(nn.Module):
 class ELNMethod(SegMethod):
     """Student + teacher (EMA) DeepLabV3+ with projection head, K aux decoders and an ELN (module docstring)."""
 
+    # the ELN and the aux decoders get no gradient before stage 2: `trainer.strategy=ddp` becomes
+    # ddp_find_unused_parameters_true for this method (tasks/common.resolve_strategy)
+    ddp_find_unused_parameters = True
+
     def __init__(self, cfg: DictConfig, class_info: ClassInfo):
         if cfg.method.get("eln") is None:
             raise ValueError("method=eln needs the method.eln config node")
@@ -323,7 +328,7 @@ class ELNMethod(SegMethod):
             e = self.eln(images, t.logits, clean=True)
         labels, keep = eln_pseudo_labels(z_q, quarter_grid(e, z_q.shape[-2:]), float(self.e.threshold),
                                          self.ignore_index)
-        return labels, keep, z_q.argmax(1), t.proj
+        return labels, keep, class_argmax(z_q), t.proj
 
     def compute_losses(self, batch: dict, step: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Loss terms of global step ``step`` (summed with weight 1) and diagnostics (logged only)."""
@@ -380,11 +385,28 @@ class ELNMethod(SegMethod):
         return net
 
     @torch.no_grad()
+    def error_maps(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``(logits [B,C,H,W], p_error [B,H,W])``: the evaluated network's logits and the ELN's
+        probability that each pixel's prediction is wrong, ``sigmoid(-ELN)`` (validation diagnostics
+        and the W&B error maps)."""
+        logits = self.eval_network()(images)
+        return logits, torch.sigmoid(-self.eln(images, logits, clean=True).squeeze(1).float())
+
+    @torch.no_grad()
+    def panel_pseudo_labels(self, images: Tensor) -> Tensor | None:
+        """Image-resolution pseudo labels for the W&B panel: teacher argmax kept where
+        ``sigmoid(ELN) > threshold`` (else ignore), in the modules' current mode; ``None`` before stage 3."""
+        if not bool(self.teacher_ready):
+            return None
+        logits = self.teacher(images).float()
+        keep = torch.sigmoid(self.eln(images, logits, clean=True).squeeze(1).float()) > float(self.e.threshold)
+        return torch.where(keep, class_argmax(logits), self.ignore_index)
+
+    @torch.no_grad()
     def update_eln_metrics(self, images: Tensor, masks: Tensor) -> None:
         """ELN as an error detector on labeled val images: positive = wrong prediction of the evaluated
         network, score = ``sigmoid(-ELN) = P(error)``; ignore pixels are skipped."""
-        logits = self.eval_network()(images)
-        err_score = torch.sigmoid(-self.eln(images, logits, clean=True).squeeze(1).float())
+        logits, err_score = self.error_maps(images)
         t, valid = eln_targets(logits, masks, self.ignore_index, ignore_as_error=False)
         err = torch.where(valid, (1.0 - t).long(), torch.full_like(masks, self.ignore_index))
         for metric in (self.val_eln_precision, self.val_eln_recall, self.val_eln_auroc):
@@ -397,8 +419,7 @@ class ELNMethod(SegMethod):
             return
         images, masks = batch["image"], batch["mask"]
         if (self.cfg.eval.mode or self.cfg.data.val_mode) == "center_crop":
-            crop = int(self.cfg.data.val_crop_size or self.cfg.data.crop_size)
-            images, masks = center_crop(images, masks, crop)
+            images, masks = center_crop(images, masks, self.val_crop())
         self.update_eln_metrics(images, masks)
 
     def on_validation_epoch_end(self) -> None:

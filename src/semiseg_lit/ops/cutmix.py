@@ -21,6 +21,8 @@ __all__ = [
     "component_box_masks",
     "cutmix_masks",
     "mix",
+    "class_presence",
+    "write_cutmix_bank",
     "update_cutmix_bank",
     "sample_from_cutmix_bank",
 ]
@@ -81,14 +83,13 @@ def random_box_masks(
 
 
 def _neighbourhood_min(labels: Tensor, fill: int) -> Tensor:
-    """Minimum over each pixel's 3×3 neighbourhood (itself included), ``fill`` outside the image."""
-    h, w = labels.shape[-2:]
+    """Minimum over each pixel's 3×3 neighbourhood (itself included), ``fill`` outside the image.
+
+    Separable: the minimum over 3 columns, then over 3 rows of that (4 elementwise minima instead of 9).
+    """
     padded = F.pad(labels, (1, 1, 1, 1), value=fill)
-    out = labels
-    for dy in range(3):
-        for dx in range(3):
-            out = torch.minimum(out, padded[:, dy:dy + h, dx:dx + w])
-    return out
+    rows = torch.minimum(torch.minimum(padded[..., :-2], padded[..., 1:-1]), padded[..., 2:])
+    return torch.minimum(torch.minimum(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])
 
 
 def connected_components(binary: Tensor, check_every: int = 4) -> Tensor:
@@ -207,28 +208,49 @@ def mix(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
     return torch.where(m > 0.5, b, a)
 
 
+def class_presence(pred: Tensor, num_classes: int, min_area: float) -> Tensor:
+    """Which classes each image shows: ``present[b, c] = #(pred_b == c) >= min_area·H·W``, bool ``[B, C]``.
+
+    Values of ``pred`` outside ``[0, C)`` are not counted (one ``bincount``, no host sync).
+    """
+    _check_label_map(pred, "pred")
+    b, h, w = pred.shape
+    valid = (pred >= 0) & (pred < num_classes)
+    bins = torch.where(valid, pred, num_classes).long()
+    bins = bins + (torch.arange(b, device=pred.device) * (num_classes + 1)).view(b, 1, 1)
+    counts = torch.bincount(bins.flatten(), minlength=b * (num_classes + 1)).view(b, num_classes + 1)
+    return counts[:, :num_classes] >= min_area * h * w
+
+
+def write_cutmix_bank(bank: Tensor, indices: Tensor, present: Tensor) -> Tensor:
+    """``bank[:, indices[b]] = present[b]`` for every row of ``present [B, C]`` (in place; returns ``bank``).
+
+    If an index repeats, one of its rows wins (the reference writes sequentially, last wins).
+    """
+    if bank.dim() != 2:
+        raise ValueError(f"bank: expected a [C, N] tensor, got shape {tuple(bank.shape)}")
+    if present.dim() != 2 or present.shape[1] != bank.shape[0] or indices.shape != present.shape[:1]:
+        raise ValueError(f"indices/present: expected [B] and [B, {bank.shape[0]}], got {tuple(indices.shape)} / "
+                         f"{tuple(present.shape)}")
+    bank[:, indices.to(bank.device)] = present.t().to(bank.device, bank.dtype)
+    return bank
+
+
 def update_cutmix_bank(bank: Tensor, indices: Tensor, pred: Tensor, min_area: float) -> Tensor:
     """Record which classes each image shows: ``bank[c, idx_b] = [#(pred_b == c) >= min_area·H·W]``.
 
     All ``C`` entries of every column ``indices[b]`` are overwritten (utils.py:239; the reference
     uses ``area_thresh2 · h²``). Values of ``pred`` outside ``[0, C)`` are not counted. If an index
     repeats in ``indices``, one of its rows wins (the reference writes sequentially, last wins).
-    Modifies ``bank [C, N]`` (bool/uint8/float) in place and returns it.
+    Modifies ``bank [C, N]`` (bool/uint8/float) in place and returns it
+    (= :func:`write_cutmix_bank` of :func:`class_presence`).
     """
     _check_label_map(pred, "pred")
     if bank.dim() != 2:
         raise ValueError(f"bank: expected a [C, N] tensor, got shape {tuple(bank.shape)}")
-    b, h, w = pred.shape
-    if indices.shape != (b,):
-        raise ValueError(f"indices: expected shape ({b},), got {tuple(indices.shape)}")
-    num_classes = bank.shape[0]
-    valid = (pred >= 0) & (pred < num_classes)
-    bins = torch.where(valid, pred, num_classes).long()
-    bins = bins + (torch.arange(b, device=pred.device) * (num_classes + 1)).view(b, 1, 1)
-    counts = torch.bincount(bins.flatten(), minlength=b * (num_classes + 1)).view(b, num_classes + 1)
-    present = counts[:, :num_classes] >= min_area * h * w
-    bank[:, indices.to(bank.device)] = present.t().to(bank.dtype)
-    return bank
+    if indices.shape != pred.shape[:1]:
+        raise ValueError(f"indices: expected shape ({pred.shape[0]},), got {tuple(indices.shape)}")
+    return write_cutmix_bank(bank, indices, class_presence(pred, bank.shape[0], min_area))
 
 
 def sample_from_cutmix_bank(

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from semiseg_lit.ops.losses import class_argmax
+
 __all__ = [
     "ELNInputError",
     "aux_decoder_gate",
@@ -116,7 +118,7 @@ def eln_targets(pred_logits: Tensor, target: Tensor, ignore_index: int = 255,
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         raise ELNInputError(f"target: expected an integer label map, got dtype {target.dtype}")
     with torch.no_grad(), _autocast_off(pred_logits):
-        pred = resize_bilinear(pred_logits.detach().float(), target.shape[-2:]).argmax(dim=1)
+        pred = class_argmax(resize_bilinear(pred_logits.detach().float(), target.shape[-2:]))
     ignore = target == ignore_index
     correct = (pred == target) & ~ignore
     t = correct.float()
@@ -193,6 +195,6 @@ def eln_pseudo_labels(teacher_logits: Tensor, eln_logits: Tensor, threshold: flo
     with torch.no_grad(), _autocast_off(e):
         e = resize_bilinear(e.detach().float(), teacher_logits.shape[-2:]).squeeze(1)
         keep = torch.sigmoid(e) > threshold
-        yhat = teacher_logits.detach().argmax(dim=1)
+        yhat = class_argmax(teacher_logits.detach())
         labels = torch.where(keep, yhat, torch.full_like(yhat, ignore_index))
     return labels, keep

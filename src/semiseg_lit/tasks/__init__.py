@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from semiseg_lit.config import TASKS
+from semiseg_lit.config import TASKS, check_schema
 
 
 def run_task(cfg: DictConfig) -> float | None:
+    check_schema(cfg)  # before any work: keys added with `+key=value` must exist in the schema
     task = cfg.task
     if task == "train":
         from semiseg_lit.tasks.train import train
@@ -21,4 +22,12 @@ def run_task(cfg: DictConfig) -> float | None:
         from semiseg_lit.tasks.check_data import check_data
 
         return check_data(cfg)
+    if task == "predict":
+        from semiseg_lit.tasks.predict import predict
+
+        return predict(cfg)
+    if task == "export":
+        from semiseg_lit.tasks.export import export
+
+        return export(cfg)
     raise ValueError(f"task={task!r} is not one of {', '.join(TASKS)}")

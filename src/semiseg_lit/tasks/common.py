@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
 from semiseg_lit.checkpointing import AtomicCheckpointIO
 from semiseg_lit.data.datamodule import SemiSegDataModule
@@ -76,6 +77,62 @@ def wandb_mode(requested: str) -> str:
     return requested
 
 
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def swept_keys(argv: list[str], sweeper_params: Any = None) -> set[str]:
+    """Keys a sweep varies: command-line sweep overrides (``a=1,2``, ``range(...)``, ``choice(...)``)
+    and the sweeper's own ``params`` (Optuna)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = {_override_key(str(k)) for k in (sweeper_params or {})}
+    candidates = [a for a in argv if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(candidates)
+    except Exception:  # noqa: BLE001 - an odd argument: name the job by its number
+        return keys
+    return keys | {o.key_or_group for o in parsed if o.is_sweep_override()}
+
+
+def swept_overrides(job_overrides: list[str], keys: set[str]) -> list[str]:
+    """The job's overrides of the swept ``keys``: ``-m a=1,2 b=3`` -> job 0 ``["a=1"]``."""
+    return [o for o in job_overrides if _override_key(o) in keys]
+
+
+def hydra_job() -> dict[str, Any] | None:
+    """``{"multirun", "sweep_id", "experiment", "overrides", "num"}`` of the running Hydra job
+    (``overrides`` = the swept ones, comma-joined); None outside a Hydra app."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized():
+            return None
+        hc = HydraConfig.get()
+        experiment = hc.runtime.choices.get("experiment")
+        if hc.mode != RunMode.MULTIRUN:
+            return {"multirun": False, "sweep_id": "", "experiment": experiment, "overrides": "", "num": 0}
+        keys = swept_keys(sys.argv[1:], hc.sweeper.get("params"))
+        swept = swept_overrides([str(o) for o in hc.overrides.task], keys)
+        return {"multirun": True, "sweep_id": Path(str(hc.sweep.dir)).name, "experiment": experiment,
+                "overrides": ",".join(swept), "num": int(hc.job.num)}
+    except Exception:  # noqa: BLE001 - a partial Hydra config (compose API) has no job node
+        return None
+
+
+def wandb_identity(name: str, seed: int, task: str, wcfg: Any, job: dict[str, Any] | None
+                   ) -> dict[str, str | None]:
+    """W&B ``name`` / ``group`` / ``job_type`` of a run (``logger.wandb.run_name/group/job_type`` win):
+    single run -> ``<name>_seed<seed>``, no group; multirun job -> named by its swept overrides
+    (``job<num>`` without any), grouped as ``<experiment or name>_<sweep id>``; job_type = the task."""
+    multirun = bool(job and job["multirun"])
+    auto_name = (job["overrides"] or f"job{job['num']}") if multirun else f"{name}_seed{seed}"
+    auto_group = f"{job.get('experiment') or name}_{job['sweep_id']}" if multirun else None
+    return {"name": (wcfg.get("run_name") or auto_name)[:128], "group": wcfg.get("group") or auto_group,
+            "job_type": (wcfg.get("job_type") or task)[:64]}
+
+
 def build_loggers(cfg: DictConfig, out: Path) -> list:
     loggers: list = []
     lcfg = cfg.logger
@@ -90,9 +147,11 @@ def build_loggers(cfg: DictConfig, out: Path) -> list:
 
             config = OmegaConf.to_container(cfg, resolve=True)
             config["git_commit"] = git_commit()
+            ident = wandb_identity(str(cfg.name), int(cfg.seed), str(cfg.task), lcfg.wandb, hydra_job())
             loggers.append(WandbLogger(
-                name=f"{cfg.name}_seed{cfg.seed}", save_dir=str(out), project=lcfg.wandb.project,
-                entity=lcfg.wandb.entity, group=lcfg.wandb.group, tags=list(lcfg.wandb.tags) or None,
+                name=ident["name"], save_dir=str(out), project=lcfg.wandb.project,
+                entity=lcfg.wandb.entity, group=ident["group"], job_type=ident["job_type"],
+                tags=list(lcfg.wandb.tags) or None,
                 log_model=lcfg.wandb.log_model, offline=(mode == "offline"), config=config))
     return loggers
 
@@ -104,17 +163,44 @@ def build_callbacks(cfg: DictConfig, out: Path, has_logger: bool) -> list[Callba
                         mode=ccfg.checkpoint.mode, save_top_k=1, save_last=ccfg.checkpoint.save_last,
                         auto_insert_metric_name=False),
     ]
+    # DDP: identical BN statistics on every rank at validation / the end of training (no-op on 1 process)
+    from semiseg_lit.callbacks.buffer_sync import SyncBatchNormStatistics
+
+    callbacks.append(SyncBatchNormStatistics())
     if ccfg.lr_monitor and has_logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if ccfg.rich_progress and cfg.trainer.enable_progress_bar:
-        callbacks.append(RichProgressBar(leave=True))
+        from semiseg_lit.callbacks.progress import TrainingProgressBar
+
+        callbacks.append(TrainingProgressBar(leave=True))
+    panels = ccfg.get("wandb_panels")
+    if panels is not None and panels.enabled and has_logger:
+        # images/tables go to W&B (when its logger is on), the pseudo-label scalars to every logger
+        from semiseg_lit.callbacks.wandb_panels import WandbPanels
+
+        callbacks.append(WandbPanels(n_images=panels.n_images, every_n_val=panels.every_n_val,
+                                     max_side=panels.max_side, train_every_n_steps=panels.train_every_n_steps,
+                                     n_train_images=panels.n_train_images))
+    # SIGTERM / SIGUSR1 -> checkpoints/last.ckpt and a clean exit (callbacks/preemption.py)
+    from semiseg_lit.callbacks.preemption import Preemption
+
+    callbacks.append(Preemption(out / "checkpoints" / "last.ckpt"))
     return callbacks
+
+
+def resolve_strategy(cfg: DictConfig) -> str:
+    """``trainer.strategy``; ``ddp`` becomes ``ddp_find_unused_parameters_true`` for a method class that sets
+    ``ddp_find_unused_parameters = True`` (modules idle in some steps, e.g. ELN's before its stage 3)."""
+    strategy = str(cfg.trainer.strategy)
+    if strategy == "ddp" and getattr(method_class(cfg), "ddp_find_unused_parameters", False):
+        return "ddp_find_unused_parameters_true"
+    return strategy
 
 
 def build_trainer(cfg: DictConfig, out: Path, callbacks: list[Callback], loggers: list) -> pl.Trainer:
     t = cfg.trainer
     kwargs: dict[str, Any] = dict(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=resolve_strategy(cfg),
         precision=t.precision, max_steps=t.max_steps, log_every_n_steps=t.log_every_n_steps,
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
         deterministic=t.deterministic, benchmark=t.benchmark, sync_batchnorm=t.sync_batchnorm,

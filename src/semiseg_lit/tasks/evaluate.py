@@ -31,6 +31,8 @@ def config_for_checkpoint(cfg: DictConfig, checkpoint: dict, path: Path) -> Dict
         merged.model = OmegaConf.merge(merged.model, saved["model"])
         merged.method = OmegaConf.merge(merged.method, saved["method"])
         merged.model.encoder_weights = None  # the checkpoint holds all weights
+        if merged.method.get("eln") is not None:  # the ELN's too: never download its trunk
+            merged.method.eln.encoder_weights = None
     return merged
 
 

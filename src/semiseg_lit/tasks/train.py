@@ -4,34 +4,81 @@ from __future__ import annotations
 
 import json
 import logging
+import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from semiseg_lit.callbacks.preemption import Preemption
+from semiseg_lit.checkpointing import CheckpointError, check_compatible, load_checkpoint
 from semiseg_lit.ops.metrics import format_iou_table
 from semiseg_lit.tasks.common import build_callbacks, build_loggers, build_trainer, prepare_run
 
 log = logging.getLogger(__name__)
 
 
-def resolve_ckpt_path(ckpt_path: str | None, out: Path) -> str | None:
-    """``last`` → ``<run dir>/checkpoints/last.ckpt`` (resume an interrupted run in the same dir)."""
+def resolve_ckpt_path(ckpt_path: str | None, out: Path, cfg: DictConfig | None = None) -> str | None:
+    """``last`` → ``<run dir>/checkpoints/last.ckpt`` (resume an interrupted run in the same dir);
+    ``auto`` → the same file when it exists, else a fresh start (for requeued / restarted jobs).
+    The checkpoint is read once here: a corrupt file, or one of another method / network / class
+    count than ``cfg``, fails before any work with an error naming it."""
     if ckpt_path is None:
         return None
+    last = out / "checkpoints" / "last.ckpt"
+    if ckpt_path == "auto":
+        if not last.is_file():
+            return None
+        ckpt_path = "last"
     if ckpt_path == "last":
-        last = out / "checkpoints" / "last.ckpt"
         if not last.is_file():
             raise FileNotFoundError(f"ckpt_path=last but {last} does not exist; point hydra.run.dir at the "
                                     "interrupted run's folder or give the checkpoint path")
-        return str(last)
+        ckpt_path = str(last)
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: file not found")
-    from semiseg_lit.checkpointing import load_checkpoint
-
-    load_checkpoint(ckpt_path)  # clear error on a corrupt file before any work
+    checkpoint = load_checkpoint(ckpt_path)  # clear error on a corrupt file before any work
+    if cfg is not None:
+        check_resumable(checkpoint, ckpt_path, cfg)
     return ckpt_path
+
+
+# model settings that may differ between a checkpoint and the run resuming it
+_FREE_MODEL_KEYS = ("encoder_weights",)
+
+
+def check_resumable(checkpoint: dict, path: str | Path, cfg: DictConfig) -> None:
+    """A checkpoint resumes only the same method, network and class count (names what differs)."""
+    check_compatible(checkpoint, path, int(cfg.data.num_classes))
+    saved = checkpoint["hyper_parameters"]["config"]
+    if saved["method"]["name"] != cfg.method.name:
+        raise CheckpointError(f"checkpoint {path} was trained with method={saved['method']['name']} but this "
+                              f"run has method={cfg.method.name}")
+    now = OmegaConf.to_container(cfg.model, resolve=True)
+    diff = [f"model.{k}={saved['model'][k]!r} in the checkpoint, {v!r} now" for k, v in now.items()
+            if k not in _FREE_MODEL_KEYS and k in saved["model"] and saved["model"][k] != v]
+    if diff:
+        raise CheckpointError(f"checkpoint {path} has another network than this run: {'; '.join(diff)}")
+
+
+def keep_previous_csv_log(out: Path) -> Path | None:
+    """Lightning's CSVLogger deletes an existing ``csv/metrics.csv``; on resume it is renamed to
+    ``csv/metrics.part<k>.csv`` first (k = 1, 2, ... in the order of the interrupted segments)."""
+    current = out / "csv" / "metrics.csv"
+    if not current.is_file():
+        return None
+    k = 1
+    while (out / "csv" / f"metrics.part{k}.csv").exists():
+        k += 1
+    try:
+        kept = current.rename(out / "csv" / f"metrics.part{k}.csv")
+    except FileNotFoundError:  # another process moved it first
+        return None
+    log.info("resuming: the earlier CSV log is kept as %s", kept)
+    return kept
 
 
 def scores_to_json(scores: dict[str, Any], class_names) -> dict[str, Any]:
@@ -46,13 +93,15 @@ def scores_to_json(scores: dict[str, Any], class_names) -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> float | None:
     out, datamodule, model = prepare_run(cfg, "fit")
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, out)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, out, cfg)
+    if ckpt_path is not None and rank_zero_only.rank == 0:
+        keep_previous_csv_log(out)
     OmegaConf.save(cfg, out / "config_resolved.yaml", resolve=True)
 
     loggers = build_loggers(cfg, out)
     trainer = build_trainer(cfg, out, build_callbacks(cfg, out, bool(loggers)), loggers)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         # last.ckpt is the state at the end of training (the checkpoint callback writes it at
         # validation time only, which need not coincide with the last step)
         trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
@@ -66,8 +115,54 @@ def train(cfg: DictConfig) -> float | None:
             (out / "metrics.json").write_text(json.dumps(result, indent=2))
             report(cfg, out, scores, datamodule.class_info, loggers)
         return result["miou"]
+    except SIGTERMException:  # the Preemption callback has written last.ckpt
+        pre = next((c for c in trainer.callbacks if isinstance(c, Preemption)), None)
+        raise SystemExit(pre.exit_code if pre else 143) from None
+    except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(exc):
+            raise
+        raise torch.OutOfMemoryError(oom_advice(cfg, int(trainer.global_step), oom_phase(exc),
+                                                int(trainer.world_size), str(exc))) from exc
     finally:
         _finish_wandb(loggers)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """GPU out-of-memory, or the CPU allocator's equivalent."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc))
+
+
+def oom_phase(exc: BaseException) -> str:
+    """``validation`` when the error was raised inside a validation step, else ``training``."""
+    names = {frame.f_code.co_name for frame, _ in traceback.walk_tb(exc.__traceback__)}
+    return "validation" if "validation_step" in names and "training_step" not in names else "training"
+
+
+def oom_advice(cfg: DictConfig, step: int, phase: str, world_size: int = 1, error: str = "") -> str:
+    """What ran out of memory (batch, crop, precision) and the knobs that lower memory use."""
+    d, t = cfg.data, cfg.trainer
+    first = error.strip().splitlines()[0] if error.strip() else "out of memory"
+    head = (f"out of memory during {phase} at step {step} ({first})\n"
+            f"  setting: data.labeled_batch_size={d.labeled_batch_size}, data.unlabeled_batch_size="
+            f"{d.unlabeled_batch_size} (global, over {world_size} device(s)), data.crop_size={d.crop_size}, "
+            f"trainer.precision={t.precision}, model.encoder={cfg.model.encoder}")
+    if phase == "validation":
+        knobs = [f"data.val_batch_size=<smaller> (now {d.val_batch_size})",
+                 f"data.val_crop_size=<smaller> (now {d.val_crop_size})" if d.val_mode == "sliding" else
+                 f"data.val_mode=sliding data.val_crop_size=<crop> (now val_mode={d.val_mode}: whole images "
+                 "are held in memory at once)"]
+    else:
+        knobs = [f"data.labeled_batch_size / data.unlabeled_batch_size=<smaller> (now {d.labeled_batch_size} / "
+                 f"{d.unlabeled_batch_size})",
+                 f"data.crop_size=<smaller> (now {d.crop_size}; activation memory grows with its area)"]
+        if str(t.precision) in ("32-true", "32", "64-true"):
+            knobs.append("trainer.precision=bf16-mixed (about half the activation memory)")
+        if cfg.method.name == "supervised":
+            knobs.append(f"trainer.accumulate_grad_batches=2 with half the batch size (now "
+                         f"{t.accumulate_grad_batches}; keeps the effective batch)")
+        knobs.append("more devices: trainer=ddp (batch sizes are global, so each device gets a share)")
+    return head + "\n  try: " + "\n       ".join(knobs)
 
 
 def report(cfg: DictConfig, out: Path, scores: dict[str, Any], class_info, loggers: list) -> None:
