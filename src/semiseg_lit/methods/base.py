@@ -21,11 +21,7 @@ from semiseg_lit.data.transforms import crop_hw
 from semiseg_lit.models.deeplab import SegmentationNet, build_segmentation_net
 from semiseg_lit.ops.losses import class_argmax, ohem_cross_entropy
 from semiseg_lit.ops.metrics import segmentation_scores
-from semiseg_lit.ops.sliding_window import (
-    center_crop,
-    multi_scale_inference,
-    sliding_window_inference,
-)
+from semiseg_lit.ops.sliding_window import center_crop, protocol_probs
 
 
 def poly_lr_factor(step: int, max_steps: int, power: float = 0.9, warmup_steps: int = 0) -> float:
@@ -135,22 +131,12 @@ class SegMethod(pl.LightningModule):
     def predict_probs(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities [B,C,H,W] by the evaluation protocol: ``eval.mode`` (default
         ``data.val_mode``: whole | center_crop | sliding), ``eval.scales``, ``eval.flip``."""
-        data, ev = self.cfg.data, self.cfg.eval
-        mode = ev.mode or data.val_mode
-        net = self.eval_network()
-        crop = self.val_crop()
-        if mode == "sliding":
-            def infer(x: torch.Tensor) -> torch.Tensor:  # stride: default_stride of each side
-                return sliding_window_inference(net, x, self.num_classes, crop=crop)
-        elif mode in ("whole", "center_crop"):
-            def infer(x: torch.Tensor) -> torch.Tensor:
-                return net(x).float().softmax(1)
-        else:
+        ev = self.cfg.eval
+        mode = ev.mode or self.cfg.data.val_mode
+        if mode not in ("whole", "center_crop", "sliding"):
             raise ValueError(f"eval.mode / data.val_mode={mode!r}: expected whole | center_crop | sliding")
-        scales = tuple(float(s) for s in ev.scales)
-        if scales == (1.0,) and not ev.flip:
-            return infer(images)
-        return multi_scale_inference(infer, images, scales=scales, flip=bool(ev.flip))
+        return protocol_probs(self.eval_network(), images, self.num_classes, self.val_crop(), mode,
+                              scales=ev.scales, flip=bool(ev.flip))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         images, masks = batch["image"], batch["mask"]

@@ -209,3 +209,35 @@ def multi_scale_inference(infer_fn: Callable[[torch.Tensor], torch.Tensor], imag
             probs = probs.flip(-1) if flipped else probs
             total = probs if total is None else total + probs
     return total / (len(scales) * len(flips))
+
+
+def resolve_auto_mode(mode: str, height: int, width: int, crop: tuple[int, int]) -> str:
+    """``auto`` -> ``sliding`` when the image is larger than the crop on either side, else ``whole``;
+    any other mode is returned as it is."""
+    if mode != "auto":
+        return mode
+    return "sliding" if height > crop[0] or width > crop[1] else "whole"
+
+
+def protocol_probs(net: Model, images: torch.Tensor, num_classes: int, crop: Size, mode: str = "whole",
+                   scales: Sequence[float] = (1.0,), flip: bool = False) -> torch.Tensor:
+    """Softmax probabilities ``[B,C,H,W]`` of normalised ``images`` by an evaluation protocol.
+
+    ``mode``: ``whole`` / ``center_crop`` (one pass of the given images), ``sliding`` (crop-size windows,
+    stride :func:`default_stride` of each side), ``auto`` (sliding when an input is larger than the crop
+    on either side, else whole); averaged over ``scales`` and the horizontal ``flip`` when asked for.
+    """
+    crop_h, crop_w = _pair(crop, "crop")
+    if mode not in ("whole", "center_crop", "sliding", "auto"):
+        raise ValueError(f"evaluation mode={mode!r}: expected whole | center_crop | sliding | auto")
+
+    def infer(x: torch.Tensor) -> torch.Tensor:
+        if resolve_auto_mode(mode, x.shape[-2], x.shape[-1], (crop_h, crop_w)) == "sliding":
+            return sliding_window_inference(net, x, num_classes, crop=(crop_h, crop_w))
+        return net(x).float().softmax(1)
+
+    scales = tuple(float(s) for s in scales)
+    if scales == (1.0,) and not flip:
+        return infer(images)
+    return multi_scale_inference(infer, images, scales=scales, flip=bool(flip))
+

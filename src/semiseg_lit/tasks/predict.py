@@ -37,7 +37,7 @@ from semiseg_lit.checkpointing import CheckpointError, check_compatible, load_ch
 from semiseg_lit.data.image_io import DataError, read_image
 from semiseg_lit.data.labels import ClassInfo, colorize
 from semiseg_lit.data.transforms import Normalize
-from semiseg_lit.ops.sliding_window import multi_scale_inference, sliding_window_inference
+from semiseg_lit.ops.sliding_window import protocol_probs, resolve_auto_mode
 from semiseg_lit.tasks.common import method_class
 from semiseg_lit.tasks.evaluate import config_for_checkpoint
 
@@ -240,25 +240,7 @@ def choose_mode(mode: str, height: int, width: int, crop: tuple[int, int]) -> st
     """``auto`` -> ``sliding`` when the image is larger than the crop on either side, else ``whole``."""
     if mode not in PREDICT_MODES:
         raise ValueError(f"predict.mode={mode!r}: expected {' | '.join(PREDICT_MODES)}")
-    if mode != "auto":
-        return mode
-    return "sliding" if height > crop[0] or width > crop[1] else "whole"
-
-
-def predict_probs(net: nn.Module, images: torch.Tensor, num_classes: int, crop: tuple[int, int],
-                  mode: str = "auto", scales: Sequence[float] = (1.0,), flip: bool = False) -> torch.Tensor:
-    """Softmax probabilities ``[B,C,H,W]`` of normalised ``images``, as the evaluation computes them
-    (whole: one pass; sliding: crop-size windows, stride ``ceil(2/3 crop)``), over scales / flips."""
-
-    def infer(x: torch.Tensor) -> torch.Tensor:
-        if choose_mode(mode, x.shape[-2], x.shape[-1], crop) == "sliding":
-            return sliding_window_inference(net, x, num_classes, crop=crop)
-        return net(x).float().softmax(1)
-
-    scales = tuple(float(s) for s in scales)
-    if scales == (1.0,) and not flip:
-        return infer(images)
-    return multi_scale_inference(infer, images, scales=scales, flip=flip)
+    return resolve_auto_mode(mode, height, width, crop)
 
 
 def predict_image(model: InferenceModel, image: np.ndarray, mode: str = "auto", scales: Sequence[float] = (1.0,),
@@ -272,7 +254,7 @@ def predict_image(model: InferenceModel, image: np.ndarray, mode: str = "auto", 
         image = cv2.resize(image, (int(resize[1]), int(resize[0])), interpolation=cv2.INTER_LINEAR)
     x = Normalize(list(data.mean), list(data.std))(image)[None].to(model.device)
     with torch.inference_mode():
-        probs = predict_probs(model.net, x, model.num_classes, model.crop, mode, scales, flip)
+        probs = protocol_probs(model.net, x, model.num_classes, model.crop, mode, scales, flip)
         if probs.shape[-2:] != (height, width):
             probs = torch.nn.functional.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
         return probs.argmax(1)[0].to(torch.uint8).cpu().numpy()
