@@ -24,6 +24,16 @@ def test_default_config_composes(compose_cfg):
     assert cfg.method._target_.startswith("semiseg_lit.methods.")
 
 
+def test_default_config_is_the_ael_synthscapes_experiment(compose_cfg):
+    """`python -m semiseg_lit` with no arguments trains exactly what `+experiment=ael_synthscapes` does."""
+    from omegaconf import OmegaConf
+
+    default, ael = compose_cfg([]), compose_cfg(["+experiment=ael_synthscapes"])
+    assert default.method.name == "ael" and default.name == "ael_synthscapes"
+    default.logger.wandb.tags = ael.logger.wandb.tags  # the experiment only adds W&B tags
+    assert OmegaConf.to_container(default) == OmegaConf.to_container(ael)
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes_with_plus_syntax(compose_cfg, name):
     cfg = compose_cfg([f"+experiment={name}"])

@@ -189,7 +189,7 @@ class AELConfig:
     sampling_shared_noise: bool = False  # true = one noise map per class shared by the batch (reference)
     reweight: bool = True
     gamma: float = 2.0
-    threshold: float = 0.0             # pseudo-label confidence threshold (Cityscapes 0, VOC 0.7)
+    threshold: float = 0.7             # pseudo-label confidence threshold (VOC 0.7, Cityscapes 0)
     loss_normalize: str = "batch"      # batch (reference: one normaliser) | image (paper Eq. 11-13)
     ignored_in_denominator: bool = True  # reference: low-confidence pixels stay in the DR denominator
     labeled_consistency: bool = True   # the L_c1 term on labeled images (code, not paper; §7)

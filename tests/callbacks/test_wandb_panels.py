@@ -217,19 +217,21 @@ def check_common_panels(out: Path, records: list, masks: set[str]) -> None:
 
 
 @pytest.mark.slow
-def test_default_experiment_run_has_config_commit_table_and_panel(compose_cfg, synth_root, tmp_path, monkeypatch):
+def test_supervised_run_has_config_commit_table_and_panel(compose_cfg, synth_root, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    run_task(compose_cfg(panel_overrides(synth_root, tmp_path)))  # no +experiment: the default one
+    run_task(compose_cfg(["+experiment=supervised_synthscapes", *panel_overrides(synth_root, tmp_path)]))
     records = wandb_records(only_offline_run(tmp_path))
     check_common_panels(tmp_path, records, {"ground_truth", "prediction"})  # no teacher, no pseudo labels
     assert run_record(records).display_name == "supervised_synthscapes_seed0"
 
 
 @pytest.mark.slow
-def test_ael_run_has_table_panel_bank_curves_and_mixed_batch(compose_cfg, synth_root, tmp_path, monkeypatch):
+def test_default_experiment_ael_run_has_table_panel_bank_curves_and_mixed_batch(compose_cfg, synth_root, tmp_path,
+                                                                                monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    run_task(compose_cfg(["+experiment=ael_synthscapes", *panel_overrides(synth_root, tmp_path)]))
+    run_task(compose_cfg(panel_overrides(synth_root, tmp_path)))  # no +experiment: the default one, AEL
     records = wandb_records(only_offline_run(tmp_path))
+    assert run_record(records).display_name == "ael_synthscapes_seed0"
     check_common_panels(tmp_path, records, {"ground_truth", "prediction", "pseudo_label"})
     keys, columns = history_keys(records), set(csv_columns(tmp_path))
     bank = {f"bank/{c}" for c in CLASSES}
