@@ -1,7 +1,7 @@
 """Soak benchmark: does memory stay flat over a long run with validation and checkpointing?
 
-Trains the default experiment (``supervised_synthscapes``, 800 steps, validation every 400) for
-``--factor`` (3) times its length through the real CLI in a subprocess, with validation and
+Trains the default experiment (AEL on synthscapes, 400 steps, validation every 200; the schedule is
+read from the composed config) for ``--factor`` (3) times its length through the real CLI in a subprocess, with validation and
 checkpointing at the experiment's rate (the same number of validations per step), and samples
 the memory of the whole process tree (trainer, DataLoader workers, the W&B service) every
 ``--every`` seconds with psutil: RSS summed over the tree and PSS (shared pages split between the
@@ -13,9 +13,9 @@ windows hold training and validation phases, so like is compared with like), the
 1/3 and at the end of training, and the verdict "flat" when the last third's peak PSS is within
 ``--tolerance`` (5 %) or 64 MiB of the first third's. ``--summarise FILE`` re-reads a saved JSON.
 
-    python benchmarks/soak.py                       # the full run: 3 x 800 = 2400 steps (~45 min on 2 CPU cores)
+    python benchmarks/soak.py --out soak.json       # the full run: 3 x 400 = 1200 AEL steps (~20 min on 2 CPU cores)
     python benchmarks/soak.py --steps 300           # a quick check of the benchmark itself
-    python benchmarks/soak.py --experiment ael_synthscapes --out soak_ael.json -- data.num_workers=4
+    python benchmarks/soak.py --experiment supervised_synthscapes --out soak_sup.json -- data.num_workers=4
 """
 
 from __future__ import annotations
@@ -31,8 +31,18 @@ from pathlib import Path
 import psutil
 
 MIB = 2**20
-# the default experiment's schedule (conf/experiment/supervised_synthscapes.yaml)
-DEFAULT_STEPS, DEFAULT_VAL_EVERY = 800, 400
+
+
+def experiment_schedule(experiment: str | None, extra: list[str]) -> tuple[int, int]:
+    """(max_steps, val_check_interval) of the experiment as the CLI would compose it."""
+    from hydra import compose, initialize_config_dir
+
+    from semiseg_lit.__main__ import CONFIG_DIR
+
+    overrides = [*([f"+experiment={experiment}"] if experiment else []), *extra]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return int(cfg.trainer.max_steps), int(cfg.trainer.val_check_interval)
 
 
 def tree_memory(proc: psutil.Process) -> tuple[int, int, int]:
@@ -126,9 +136,10 @@ def main() -> None:
         print(report(summary))
         return
 
-    full = int(round(args.factor * DEFAULT_STEPS))
+    base_steps, base_val_every = experiment_schedule(args.experiment, args.extra)
+    full = int(round(args.factor * base_steps))
     steps = args.steps or full
-    val_every = args.val_every or max(1, round(steps * DEFAULT_VAL_EVERY / full))
+    val_every = args.val_every or max(1, round(steps * base_val_every / full))
     run_dir = (args.out_dir / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     cmd = [sys.executable, "-m", "semiseg_lit", *([f"+experiment={args.experiment}"] if args.experiment else []),
            f"trainer.max_steps={steps}", f"trainer.val_check_interval={val_every}",

@@ -46,6 +46,9 @@ class AugmentConfig:
     ``strong`` is photometric and applied on top of the weak view, so the two views stay pixel-aligned."""
 
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    # how the scale factor s is drawn from scale_range [a, b]: "uniform" s ~ U(a, b); "split" = the AEL
+    # reference's RandResize: s ~ U(a, 1) or U(1, b) with probability 1/2 each (ael.md §9)
+    scale_sampling: str = "uniform"
     hflip: bool = True
     # image padding value is the mean colour (0 after normalisation); label padding is ignore (255)
     # by default. AEL parity pads labels with 0 (ael.md §9).

@@ -198,6 +198,7 @@ def check_common_panels(out: Path, records: list, masks: set[str]) -> None:
     config = {u.key: u.value_json for u in run_record(records).config.update}
     assert re.fullmatch(r'"[0-9a-f]{40}"', config["git_commit"])  # the config and commit of the run
     assert json.loads(config["method"])["name"] in ("supervised", "ael", "eln")
+    assert "config" not in config and "class_names" not in config  # no second copy from save_hyperparameters
     visualize = [json.loads(u.value_json) for r in records if r.WhichOneof("record_type") == "config"
                  for u in r.config.update if (u.key or ".".join(u.nested_key)) == "_wandb.visualize.val/iou_bar"]
     assert visualize and visualize[0]["panel_config"]["panelDefId"] == "wandb/bar/v0"

@@ -10,6 +10,8 @@ from semiseg_lit.data.transforms import (
     UnlabeledTransform,
     build_transforms,
     crop_hw,
+    random_scale,
+    reseed,
 )
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -145,3 +147,34 @@ def test_eval_resize_resizes_image_and_label():
     assert out["image"].shape == (3, 20, 25) and out["mask"].shape == (20, 25)
     assert out["mask"][0].tolist() == [c // 5 for c in range(25)]
     assert EvalTransform(MEAN, STD)(image, mask)["mask"].shape == (40, 50)
+
+
+def _scale_factors(sampling: str, n: int = 600) -> np.ndarray:
+    import albumentations as A
+
+    pipeline = A.Compose([random_scale(0.5, 2.0, sampling)])
+    image = np.zeros((200, 200, 3), np.uint8)
+    factors = []
+    for seed in range(n):
+        reseed(pipeline, seed)
+        factors.append(pipeline(image=image)["image"].shape[0] / 200)
+    return np.asarray(factors)
+
+
+def test_scale_sampling_uniform_vs_reference_split():
+    """uniform on [0.5, 2]: P(s < 1) = 1/3; the AEL reference's split draw: P(s < 1) = 1/2 (ael.md §9)."""
+    uniform, split = _scale_factors("uniform"), _scale_factors("split")
+    for s in (uniform, split):
+        assert s.min() >= 0.5 - 1e-6 and s.max() <= 2.0 + 1e-6
+    assert abs((uniform < 1).mean() - 1 / 3) < 0.06
+    assert abs((split < 1).mean() - 1 / 2) < 0.06
+    # within each half the draw is uniform: mean of the lower half 0.75, of the upper half 1.5
+    assert abs(split[split < 1].mean() - 0.75) < 0.03 and abs(split[split >= 1].mean() - 1.5) < 0.06
+    assert np.array_equal(_scale_factors("split", 20), _scale_factors("split", 20))  # seeded
+
+
+def test_scale_sampling_bad_value_names_the_key():
+    with pytest.raises(ValueError, match="data.augment.scale_sampling='halves'"):
+        random_scale(0.5, 2.0, "halves")
+    with pytest.raises(ValueError, match=r"scale range \[2.0, 0.5\]"):
+        random_scale(2.0, 0.5)

@@ -320,3 +320,10 @@ def test_resume_inside_stage2_then_stage3_with_pseudo_labels(compose_cfg, synth_
     assert b["callbacks"]["EMATeacher"]["updates"] == 1 and b["callbacks"]["EMATeacher"]["start_step"] == 3
     key = next(k for k in a["state_dict"] if k.startswith("teacher.") and k.endswith("weight"))
     assert not torch.equal(a["state_dict"][key], b["state_dict"][key])  # teacher copied + EMA in stage 3
+
+
+def test_configure_callbacks_returns_the_same_teacher_callback_every_time(method):
+    """Lightning calls configure_callbacks for fit and again for the final validate: the second call
+    must not replace the trained EMA-teacher state with a fresh callback."""
+    first, second = method.configure_callbacks(), method.configure_callbacks()
+    assert len(first) == 1 and first[0] is second[0]

@@ -97,3 +97,34 @@ def test_wandb_offline_run_is_written(compose_cfg, synth_root, tmp_path, monkeyp
     assert len(runs) == 1
     assert list(runs[0].glob("*.wandb"))
     assert (tmp_path / "csv" / "metrics.csv").read_text().count("val/miou") == 1
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_step_and_term_and_keeps_the_last_good_checkpoint(compose_cfg, synth_root, tmp_path,
+                                                                             monkeypatch):
+    from semiseg_lit.methods.supervised import SupervisedMethod
+
+    clean_loss = SupervisedMethod.supervised_loss
+
+    def loss_nan_from_step_3(self, logits, target):
+        loss = clean_loss(self, logits, target)
+        return loss * float("nan") if self.global_step >= 3 else loss
+
+    monkeypatch.setattr(SupervisedMethod, "supervised_loss", loss_nan_from_step_3)
+    cfg = compose_cfg(["+experiment=supervised_synthscapes", *tiny_overrides(synth_root, tmp_path),
+                       "trainer.max_steps=8", "trainer.val_check_interval=2"])
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 3: nan \(terms: \['sup'\]\)"):
+        run_task(cfg)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 2  # written by the validation at step 2; the one at step 4 never ran
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("name", ["ael_synthscapes", "eln_synthscapes"])
+def test_gradient_accumulation_is_rejected_for_methods_with_per_step_state(compose_cfg, synth_root, tmp_path, name):
+    cfg = compose_cfg([f"+experiment={name}", *tiny_overrides(synth_root, tmp_path),
+                       "trainer.accumulate_grad_batches=2"])
+    with pytest.raises(ValueError, match=r"trainer.accumulate_grad_batches=2 is not supported by method="):
+        run_task(cfg)
+    assert not (tmp_path / "checkpoints").exists()  # rejected before anything was written

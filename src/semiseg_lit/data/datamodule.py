@@ -295,7 +295,7 @@ class SemiSegDataModule(pl.LightningDataModule):
         common = dict(num_classes=self.num_classes, ignore_index=int(cfg.ignore_index), label_remap=remap)
         resize = list(aug.resize) if aug.resize is not None else None
         geo = dict(crop=crop_hw(cfg.crop_size), hflip=bool(aug.hflip), pad_label=int(aug.pad_label),
-                   mean=list(cfg.mean), std=list(cfg.std), resize=resize)
+                   mean=list(cfg.mean), std=list(cfg.std), resize=resize, scale_sampling=str(aug.scale_sampling))
         self._datasets["labeled"] = SegmentationDataset(
             p.labeled, transform=LabeledTransform(scale_range=list(aug.scale_range), **geo), **common)
         if "partner" in self.streams:

@@ -66,8 +66,32 @@ def crop_hw(value: Any, key: str = "data.crop_size") -> tuple[int, int]:
     raise ValueError(f"{key}={value!r}: expected a positive int (square) or [height, width]")
 
 
+SCALE_SAMPLING = ("uniform", "split")
+
+
+def random_scale(lo: float, hi: float, sampling: str = "uniform") -> A.BasicTransform | BaseCompose:
+    """Random rescale (image bilinear, mask nearest) by a factor drawn from [lo, hi].
+
+    ``uniform``: s ~ U(lo, hi). ``split`` (the AEL reference's RandResize, ael.md §9): s ~ U(lo, 1) or
+    U(1, hi) with probability 1/2 each, so P(s < 1) = 1/2 (for [0.5, 2], uniform gives 1/3)."""
+    if sampling not in SCALE_SAMPLING:
+        raise ValueError(f"data.augment.scale_sampling={sampling!r}: expected one of {SCALE_SAMPLING}")
+    if not 0 < lo <= hi:
+        raise ValueError(f"scale range [{lo}, {hi}]: expected 0 < a <= b")
+
+    def uniform(a: float, b: float) -> A.RandomScale:
+        # RandomScale(scale_limit=(a-1, b-1)) draws the factor uniformly in [a, b]
+        return A.RandomScale(scale_limit=(a - 1.0, b - 1.0), interpolation=cv2.INTER_LINEAR,
+                             mask_interpolation=cv2.INTER_NEAREST, p=1.0)
+
+    if sampling == "split" and lo < 1.0 < hi:
+        return A.OneOf([uniform(lo, 1.0), uniform(1.0, hi)], p=1.0)  # equal weights: 1/2 each
+    return uniform(lo, hi)
+
+
 def _geometric(crop: int | Sequence[int], scale_range: Sequence[float], hflip: bool, pad_label: int,
-               mean: Sequence[float], resize: Sequence[int] | None = None) -> list[Any]:
+               mean: Sequence[float], resize: Sequence[int] | None = None,
+               scale_sampling: str = "uniform") -> list[Any]:
     """(Resize to exactly ``resize``) → random scale → pad to the crop → random crop → flip.
 
     The image is padded with the mean colour (0 after normalisation, as the reference pads
@@ -82,9 +106,7 @@ def _geometric(crop: int | Sequence[int], scale_range: Sequence[float], hflip: b
         ops.append(A.Resize(height=rh, width=rw, interpolation=cv2.INTER_LINEAR,
                             mask_interpolation=cv2.INTER_NEAREST))
     if (lo, hi) != (1.0, 1.0):
-        # RandomScale(scale_limit=(a-1, b-1)) draws the factor uniformly in [a, b]
-        ops.append(A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
-                                 mask_interpolation=cv2.INTER_NEAREST, p=1.0))
+        ops.append(random_scale(lo, hi, scale_sampling))
     ops += [
         A.PadIfNeeded(min_height=crop_h, min_width=crop_w, position="center",
                       border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=pad_label),
@@ -121,8 +143,9 @@ class LabeledTransform:
     """Weak geometric augmentation of an (image, mask) pair -> {"image", "mask"} tensors."""
 
     def __init__(self, crop: int | Sequence[int], scale_range: Sequence[float], hflip: bool, pad_label: int,
-                 mean: Sequence[float], std: Sequence[float], resize: Sequence[int] | None = None):
-        self.geometric = A.Compose(_geometric(crop, scale_range, hflip, pad_label, mean, resize))
+                 mean: Sequence[float], std: Sequence[float], resize: Sequence[int] | None = None,
+                 scale_sampling: str = "uniform"):
+        self.geometric = A.Compose(_geometric(crop, scale_range, hflip, pad_label, mean, resize, scale_sampling))
         self.normalize = Normalize(mean, std)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None, seed: int | None = None
@@ -145,8 +168,8 @@ class UnlabeledTransform:
 
     def __init__(self, crop: int | Sequence[int], scale_range: Sequence[float], hflip: bool, pad_label: int,
                  mean: Sequence[float], std: Sequence[float], strong: Sequence[Any] = (),
-                 resize: Sequence[int] | None = None):
-        self.geometric = A.Compose(_geometric(crop, scale_range, hflip, pad_label, mean, resize))
+                 resize: Sequence[int] | None = None, scale_sampling: str = "uniform"):
+        self.geometric = A.Compose(_geometric(crop, scale_range, hflip, pad_label, mean, resize, scale_sampling))
         self.strong = A.Compose(list(strong))
         self.normalize = Normalize(mean, std)
 

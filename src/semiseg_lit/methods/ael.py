@@ -42,6 +42,8 @@ from semiseg_lit.ops.sampling import equalization_keep_mask
 
 
 class AELMethod(SegMethod):
+    # the EMA teacher and the banks update per training step (tasks/common.check_method_options)
+    supports_grad_accumulation = False
     def __init__(self, cfg: DictConfig, class_info: ClassInfo, num_unlabeled: int | None = None):
         super().__init__(cfg, class_info)
         self.ael = cfg.method.ael
@@ -51,6 +53,7 @@ class AELMethod(SegMethod):
         self.num_unlabeled = num_unlabeled
         self.confidence_bank: ConfidenceBank | None = None
         self.cutmix_bank: CutMixBank | None = None
+        self._method_callbacks: list[Callback] | None = None
         self.last_views: dict | None = None  # set by training_step (see there), read by WandbPanels
         ignore_list = self.ael.copy_paste_ignore_classes
         if ignore_list is None:
@@ -76,6 +79,13 @@ class AELMethod(SegMethod):
 
     # ------------------------------------------------------------------ callbacks
     def configure_callbacks(self) -> list[Callback]:
+        """The method's state-owning callbacks, built once: Lightning calls this for every
+        ``fit``/``validate``, and a later call must hand back the same (trained) bank and teacher."""
+        if self._method_callbacks is None:
+            self._method_callbacks = self._build_callbacks()
+        return list(self._method_callbacks)
+
+    def _build_callbacks(self) -> list[Callback]:
         a = self.ael
         callbacks: list[Callback] = [
             EMATeacher(decay=a.ema_decay, warmup=a.ema_warmup, average_buffers=a.ema_average_buffers),
@@ -170,6 +180,6 @@ class AELMethod(SegMethod):
             terms["unsup_labeled"] = a.alpha * self.unsup_loss(out_l.logits, conf_l, pl_l, keep_rate, g)
 
         loss = sum(terms.values()) * float(a.grad_scale)
-        self.check_finite(loss, terms, self.global_step)
+        self.track_finite(loss, terms, self.global_step)
         self.log_losses({"loss": loss, **terms}, batch_size=x_l.shape[0])
         return loss

@@ -18,6 +18,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from semiseg_lit.data.labels import ClassInfo
 from semiseg_lit.data.transforms import crop_hw
+from semiseg_lit.methods.finite_guard import FiniteGuard
 from semiseg_lit.models.deeplab import SegmentationNet, build_segmentation_net
 from semiseg_lit.ops.losses import class_argmax, ohem_cross_entropy
 from semiseg_lit.ops.metrics import segmentation_scores
@@ -39,6 +40,9 @@ class SegMethod(pl.LightningModule):
         class_info: class names / palette / head / tail of the dataset.
     """
 
+    # False for methods whose per-step state (EMA teacher, banks) must advance once per optimizer step
+    supports_grad_accumulation = True
+
     @classmethod
     def required_streams(cls, cfg: DictConfig) -> tuple[str, ...]:
         """Training streams this method consumes (see ``SemiSegDataModule``)."""
@@ -51,11 +55,14 @@ class SegMethod(pl.LightningModule):
         self.num_classes = int(cfg.data.num_classes)
         self.ignore_index = int(cfg.data.ignore_index)
         # the resolved config and class table go into every checkpoint (used to rebuild the model
-        # for eval/predict/export and to reject checkpoints of another model)
+        # for eval/predict/export and to reject checkpoints of another model). Not sent to the loggers:
+        # the W&B run gets the resolved config once, with the git commit (tasks/common.build_loggers),
+        # and the run folder has config_resolved.yaml
         self.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True),
                                    "class_names": list(class_info.names),
                                    "palette": [list(c) for c in class_info.palette],
-                                   "head": list(class_info.head), "tail": list(class_info.tail)})
+                                   "head": list(class_info.head), "tail": list(class_info.tail)}, logger=False)
+        self.finite_guard = FiniteGuard()
         self.student: SegmentationNet = self.build_network()
         self.teacher: nn.Module | None = None
         self.val_confusion = MulticlassConfusionMatrix(self.num_classes, ignore_index=self.ignore_index,
@@ -163,14 +170,29 @@ class SegMethod(pl.LightningModule):
         self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()})
 
     # ------------------------------------------------------------------ checks
-    @staticmethod
-    def check_finite(loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int) -> None:
-        """Raise with the step and the offending loss term when the loss is NaN/inf (one host sync)."""
-        if not bool(torch.isfinite(loss)):
-            bad = [k for k, v in terms.items() if not bool(torch.isfinite(v).all())]
-            raise FloatingPointError(
-                f"non-finite loss at step {step}: {float(loss)} (terms: {bad or 'total only'}); training stopped,"
-                " the last good checkpoint is kept")
+    def track_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int) -> None:
+        """Latch a NaN/inf loss on the device (no host sync); see :mod:`finite_guard` for when it raises."""
+        self.finite_guard.track(loss, terms, step)
+
+    def raise_if_nonfinite(self, gather: bool = True) -> None:
+        """``FloatingPointError`` naming the step and loss terms if a non-finite loss was latched
+        (on any rank when ``gather``: every rank must call it then)."""
+        distributed = gather and self._trainer is not None and self.trainer.world_size > 1
+        self.finite_guard.check(self.all_gather if distributed else None)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if (self.global_step % max(1, int(self.trainer.log_every_n_steps))) == 0:
+            self.raise_if_nonfinite()
+
+    def on_validation_start(self) -> None:
+        self.raise_if_nonfinite()
+
+    def on_train_end(self) -> None:
+        self.raise_if_nonfinite()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # local check only: a checkpoint may be written by one rank alone (no collective here)
+        self.raise_if_nonfinite(gather=False)
 
     def log_losses(self, terms: dict[str, torch.Tensor], batch_size: int) -> None:
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=False,

@@ -196,6 +196,8 @@ class ELNMethod(SegMethod):
     # the ELN and the aux decoders get no gradient before stage 2: `trainer.strategy=ddp` becomes
     # ddp_find_unused_parameters_true for this method (tasks/common.resolve_strategy)
     ddp_find_unused_parameters = True
+    # the EMA teacher updates per training step (tasks/common.check_method_options)
+    supports_grad_accumulation = False
 
     def __init__(self, cfg: DictConfig, class_info: ClassInfo):
         if cfg.method.get("eln") is None:
@@ -232,6 +234,7 @@ class ELNMethod(SegMethod):
         # True once the teacher was copied from the student (saved; before that the student is evaluated)
         self.register_buffer("teacher_ready", torch.zeros((), dtype=torch.bool))
         self._teacher_ready = False  # host mirror of the buffer (no per-step sync)
+        self._method_callbacks: list[Callback] | None = None
         thresholds = int(e.val_auroc_thresholds)
         self.val_eln_precision = BinaryPrecision(ignore_index=self.ignore_index, validate_args=False)
         self.val_eln_recall = BinaryRecall(ignore_index=self.ignore_index, validate_args=False)
@@ -252,8 +255,12 @@ class ELNMethod(SegMethod):
         return eln_stage(step, int(self.e.pretrain_steps), int(self.e.eln_steps))
 
     def configure_callbacks(self) -> list[Callback]:
-        return [EMATeacher(decay=float(self.e.ema_decay), warmup=False,
-                           average_buffers=bool(self.e.ema_average_buffers), start_step=self.stage3_start)]
+        """The EMA-teacher callback, built once (Lightning calls this for every ``fit``/``validate``)."""
+        if self._method_callbacks is None:
+            self._method_callbacks = [EMATeacher(decay=float(self.e.ema_decay), warmup=False,
+                                                 average_buffers=bool(self.e.ema_average_buffers),
+                                                 start_step=self.stage3_start)]
+        return list(self._method_callbacks)
 
     def on_fit_start(self) -> None:
         e = self.e
@@ -369,7 +376,7 @@ class ELNMethod(SegMethod):
         step = self.global_step
         terms, diag = self.compute_losses(batch, step)
         loss = torch.stack(list(terms.values())).sum()
-        self.check_finite(loss, terms, step)
+        self.track_finite(loss, terms, step)
         bs = batch["labeled"]["image"].shape[0]
         self.log_losses({"loss": loss, **terms}, batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in diag.items()}, on_step=True, on_epoch=False, batch_size=bs)

@@ -20,6 +20,6 @@ class SupervisedMethod(SegMethod):
         if out.aux is not None:
             terms["aux"] = self.cfg.method.loss.aux_weight * self.supervised_loss(out.aux, y)
         loss = sum(terms.values())
-        self.check_finite(loss, terms, self.global_step)
+        self.track_finite(loss, terms, self.global_step)
         self.log_losses({"loss": loss, **terms}, batch_size=x.shape[0])
         return loss

@@ -44,9 +44,21 @@ def build_method(cfg: DictConfig, datamodule: SemiSegDataModule) -> pl.Lightning
     return method_class(cfg)(cfg, datamodule.class_info)
 
 
+def check_method_options(cfg: DictConfig) -> None:
+    """Trainer options the method cannot honour fail here, before any work."""
+    acc = int(cfg.trainer.accumulate_grad_batches)
+    if acc > 1 and not getattr(method_class(cfg), "supports_grad_accumulation", True):
+        raise ValueError(
+            f"trainer.accumulate_grad_batches={acc} is not supported by method={cfg.method.name}: its EMA teacher "
+            "and banks would update once per micro-batch instead of once per optimizer step, which changes the "
+            "method. Fit the batch with a smaller data.crop_size, trainer.precision=bf16-mixed, or more "
+            "devices (trainer=ddp; batch sizes are global), and keep accumulate_grad_batches=1.")
+
+
 def prepare_run(cfg: DictConfig, stage: str) -> tuple[Path, SemiSegDataModule, pl.LightningModule]:
     """Seed, create the output folder, resolve and check the data, build the method: everything
     that can fail on bad input happens here, before a trainer starts."""
+    check_method_options(cfg)
     pl.seed_everything(int(cfg.seed), workers=True)
     out = output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,7 @@ def evaluate(cfg: DictConfig) -> float:
     loggers = build_loggers(cfg, out)
     trainer = build_trainer(cfg, out, callbacks=[], loggers=loggers)
     try:
-        trainer.validate(model, datamodule=datamodule, verbose=False)
+        trainer.validate(model, datamodule=datamodule, verbose=False, weights_only=True)
         scores = model.last_scores
         result = scores_to_json(scores, datamodule.class_info.names)
         result.update(checkpoint=str(path), mode=cfg.eval.mode or cfg.data.val_mode,

@@ -106,7 +106,7 @@ def train(cfg: DictConfig) -> float | None:
         # validation time only, which need not coincide with the last step)
         trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
         # final evaluation of the model as it ends (the best-on-val checkpoint is kept separately)
-        trainer.validate(model, datamodule=datamodule, verbose=False)
+        trainer.validate(model, datamodule=datamodule, verbose=False, weights_only=True)
         scores = model.last_scores
         result = scores_to_json(scores, datamodule.class_info.names)
         result.update(step=int(trainer.global_step), evaluated_model=cfg.method.eval_model,

@@ -1,0 +1,30 @@
+"""AEL method wiring (the pure AEL ops are tested in tests/ops/, the runs in tests/tasks/)."""
+
+from __future__ import annotations
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from semiseg_lit.__main__ import CONFIG_DIR
+from semiseg_lit.callbacks.confidence_bank import ConfidenceBank
+from semiseg_lit.callbacks.cutmix_bank import CutMixBank
+from semiseg_lit.callbacks.ema_teacher import EMATeacher
+from semiseg_lit.data.datamodule import resolve_class_info
+from semiseg_lit.methods.ael import AELMethod
+from tests.conftest import tiny_overrides
+
+
+def test_configure_callbacks_returns_the_same_state_owners_every_time(tmp_path):
+    """Lightning calls configure_callbacks for fit and again for the final validate: the second call must
+    hand back the trained confidence bank, CutMix bank and EMA teacher, not fresh ones."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[
+                "+experiment=ael_synthscapes", *tiny_overrides(tmp_path / "synth", tmp_path / "out")])
+    finally:
+        GlobalHydra.instance().clear()
+    method = AELMethod(cfg, resolve_class_info(cfg.data), num_unlabeled=8)
+    first, second = method.configure_callbacks(), method.configure_callbacks()
+    assert [type(c) for c in first] == [EMATeacher, ConfidenceBank, CutMixBank]
+    assert all(a is b for a, b in zip(first, second, strict=True))
