@@ -54,6 +54,9 @@ class AugmentConfig:
     # by default. AEL parity pads labels with 0 (ael.md §9).
     pad_label: int = 255
     strong: list[Any] = field(default_factory=list)
+    # also apply ``strong`` to the labeled (and copy-paste partner) images: the augmentation-matched
+    # supervised baseline of data.md §4.1 (b), for methods whose student sees strong views
+    labeled_strong: bool = False
     # the large-scale-jitter range of AEL's copy-paste partner images (ael.md §4 ACP)
     partner_scale_range: list[float] = field(default_factory=lambda: [0.1, 2.0])
     # resize every training image to exactly [H, W] first (aspect ratio not kept; label nearest):
@@ -186,6 +189,10 @@ class AELConfig:
     cutmix_bank_area_thresh: float = 0.01  # min area for "image contains class" in the bank
     cutmix_bank_lag: int = 8           # steps between a bank update and the sampler reading it
     cutmix_bank_sync: bool = True
+    # what the student sees of the (mixed) unlabeled images: "weak" = the teacher's view (reference:
+    # no photometric augmentation, the only strong augmentation is the mix); "strong" = the
+    # pixel-aligned photometric view (data.augment.strong) of the same crops, mixed with the same mask
+    student_view: str = "weak"
     # adaptive equalization sampling (§5) and dynamic re-weighting (§6)
     sampling: bool = True
     sampling_beta: float = 1.0

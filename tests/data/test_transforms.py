@@ -178,3 +178,17 @@ def test_scale_sampling_bad_value_names_the_key():
         random_scale(0.5, 2.0, "halves")
     with pytest.raises(ValueError, match=r"scale range \[2.0, 0.5\]"):
         random_scale(2.0, 0.5)
+
+
+def test_labeled_strong_applies_the_photometric_pipeline_on_top_of_the_same_geometry():
+    import albumentations as A
+
+    image, mask = scene()
+    plain = labeled()
+    grey = LabeledTransform(crop=32, scale_range=(0.5, 2.0), hflip=True, pad_label=255, mean=MEAN, std=STD,
+                            strong=[A.ToGray(p=1.0)])
+    a, b = plain(image, mask, seed=5), grey(image, mask, seed=5)
+    assert torch.equal(a["mask"], b["mask"])  # same geometric draw
+    rgb = Normalize(MEAN, STD).denormalize(b["image"]).int()
+    assert (rgb.max(0).values - rgb.min(0).values).max() <= 1  # grey
+    assert not torch.equal(a["image"], b["image"])

@@ -128,3 +128,32 @@ def test_gradient_accumulation_is_rejected_for_methods_with_per_step_state(compo
     with pytest.raises(ValueError, match=r"trainer.accumulate_grad_batches=2 is not supported by method="):
         run_task(cfg)
     assert not (tmp_path / "checkpoints").exists()  # rejected before anything was written
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("view", ["weak", "strong"])
+def test_ael_student_view_strong_gives_the_student_the_photometric_views(compose_cfg, synth_root, tmp_path,
+                                                                         monkeypatch, view):
+    """With a strong pipeline that turns images grey, the student's mixed unlabeled batch is grey exactly
+    when method.ael.student_view=strong (the teacher's pseudo-labels come from the weak views either way)."""
+    from pytorch_lightning.callbacks import Callback
+
+    import semiseg_lit.tasks.common as common_mod
+    from semiseg_lit.data.transforms import Normalize
+
+    seen = []
+
+    class KeepMixed(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(pl_module.last_views["mixed"][0].detach().clone())
+
+    build = common_mod.build_callbacks
+    monkeypatch.setattr(common_mod, "build_callbacks", lambda *a, **k: [*build(*a, **k), KeepMixed()])
+    monkeypatch.setattr("semiseg_lit.tasks.train.build_callbacks", common_mod.build_callbacks)
+    cfg = compose_cfg(["+experiment=ael_synthscapes", *tiny_overrides(synth_root, tmp_path),
+                       "data.augment.strong=[{_target_:albumentations.ToGray,p:1.0}]",
+                       f"method.ael.student_view={view}"])
+    run_task(cfg)
+    rgb = Normalize(list(cfg.data.mean), list(cfg.data.std)).denormalize(seen[0]).int()
+    channel_spread = (rgb.max(1).values - rgb.min(1).values).max()
+    assert (channel_spread <= 1) if view == "strong" else (channel_spread > 20)

@@ -296,11 +296,14 @@ class SemiSegDataModule(pl.LightningDataModule):
         resize = list(aug.resize) if aug.resize is not None else None
         geo = dict(crop=crop_hw(cfg.crop_size), hflip=bool(aug.hflip), pad_label=int(aug.pad_label),
                    mean=list(cfg.mean), std=list(cfg.std), resize=resize, scale_sampling=str(aug.scale_sampling))
+        labeled_strong = build_transforms(aug.strong) if aug.labeled_strong else ()
         self._datasets["labeled"] = SegmentationDataset(
-            p.labeled, transform=LabeledTransform(scale_range=list(aug.scale_range), **geo), **common)
+            p.labeled, transform=LabeledTransform(scale_range=list(aug.scale_range), strong=labeled_strong, **geo),
+            **common)
         if "partner" in self.streams:
             self._datasets["partner"] = SegmentationDataset(
-                p.labeled, transform=LabeledTransform(scale_range=list(aug.partner_scale_range), **geo), **common)
+                p.labeled, transform=LabeledTransform(scale_range=list(aug.partner_scale_range),
+                                                      strong=labeled_strong, **geo), **common)
         if "unlabeled" in self.streams or "bank" in self.streams:
             # ground truth of unlabeled images is loaded only when it exists (diagnostics only)
             has_gt = all(s.mask is not None for s in p.unlabeled[:1])
@@ -308,10 +311,11 @@ class SemiSegDataModule(pl.LightningDataModule):
                 p.unlabeled, load_mask=has_gt, check_values=False,
                 transform=UnlabeledTransform(scale_range=list(aug.scale_range),
                                              strong=build_transforms(aug.strong), **geo), **common)
-        if "bank" in self.streams:  # the same unlabeled images, weak view only
+        if "bank" in self.streams:  # the same unlabeled images, weak + strong views
             self._datasets["bank"] = SegmentationDataset(
                 p.unlabeled, load_mask=False, check_values=False,
-                transform=UnlabeledTransform(scale_range=list(aug.scale_range), **geo), **common)
+                transform=UnlabeledTransform(scale_range=list(aug.scale_range),
+                                             strong=build_transforms(aug.strong), **geo), **common)
         self._datasets["val"] = SegmentationDataset(
             p.val, transform=EvalTransform(mean=list(cfg.mean), std=list(cfg.std),
                                        resize=list(cfg.val_resize) if cfg.val_resize is not None else None),

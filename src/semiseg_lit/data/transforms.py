@@ -140,19 +140,24 @@ def _mask_tensor(mask: np.ndarray | None) -> torch.Tensor | None:
 
 
 class LabeledTransform:
-    """Weak geometric augmentation of an (image, mask) pair -> {"image", "mask"} tensors."""
+    """Weak geometric augmentation of an (image, mask) pair -> {"image", "mask"} tensors; with
+    ``strong`` (photometric transforms) the image also gets those, on top (``data.augment.labeled_strong``)."""
 
     def __init__(self, crop: int | Sequence[int], scale_range: Sequence[float], hflip: bool, pad_label: int,
                  mean: Sequence[float], std: Sequence[float], resize: Sequence[int] | None = None,
-                 scale_sampling: str = "uniform"):
+                 scale_sampling: str = "uniform", strong: Sequence[Any] = ()):
         self.geometric = A.Compose(_geometric(crop, scale_range, hflip, pad_label, mean, resize, scale_sampling))
+        self.strong = A.Compose(list(strong))
         self.normalize = Normalize(mean, std)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None, seed: int | None = None
                  ) -> dict[str, torch.Tensor]:
         if seed is not None:
             reseed(self.geometric, seed)
+            reseed(self.strong, seed + 1)
         data = self.geometric(image=image, mask=mask) if mask is not None else self.geometric(image=image)
+        if self.strong.transforms:
+            data["image"] = self.strong(image=data["image"])["image"]
         out = {"image": self.normalize(data["image"])}
         if mask is not None:
             out["mask"] = _mask_tensor(data["mask"])

@@ -55,6 +55,8 @@ class AELMethod(SegMethod):
         self.cutmix_bank: CutMixBank | None = None
         self._method_callbacks: list[Callback] | None = None
         self.last_views: dict | None = None  # set by training_step (see there), read by WandbPanels
+        if self.ael.student_view not in ("weak", "strong"):
+            raise ValueError(f"method.ael.student_view={self.ael.student_view!r}: expected 'weak' or 'strong'")
         ignore_list = self.ael.copy_paste_ignore_classes
         if ignore_list is None:
             ignore_list = cfg.data.stuff_classes
@@ -134,27 +136,29 @@ class AELMethod(SegMethod):
             x_l, y_l = adaptive_copy_paste(x_l, y_l, batch["partner"]["image"], batch["partner"]["mask"],
                                            classes, has_partner)
 
-        # 2. teacher pseudo-labels and (adaptive) CutMix (unlabeled)
+        # 2. teacher pseudo-labels and (adaptive) CutMix (unlabeled); the teacher sees the weak views,
+        # the student the weak or (student_view=strong) the pixel-aligned photometric views, same mask
         self.teacher.train(bool(a.teacher_train_mode))
-        x1, idx1 = batch["unlabeled"]["image"], batch["unlabeled"]["index"]
+        view = "image_strong" if a.student_view == "strong" else "image"
+        x1, s1, idx1 = batch["unlabeled"]["image"], batch["unlabeled"][view], batch["unlabeled"]["index"]
         with torch.no_grad():
             t_l = self.teacher(x_l) if a.labeled_consistency else None
             if a.cutmix and a.cutmix_adaptive:
-                x2, idx2, cls2 = batch["bank"]["image"], batch["bank"]["index"], batch["bank"]["bank_class"]
+                drawn = batch["bank"]  # images drawn from the CutMix image bank
+                x2, s2, idx2, cls2 = drawn["image"], drawn[view], drawn["index"], drawn["bank_class"]
                 t12 = self.teacher(torch.cat([x1, x2]))
                 t1, t2 = t12.float().chunk(2)
                 pred1, pred2 = class_argmax(t1), class_argmax(t2)
                 mask = cutmix_masks(pred2, cls2, float(a.cutmix_area_thresh), generator=g)
                 self.cutmix_bank.update(torch.cat([idx1, idx2]), torch.cat([pred1, pred2]))
-                x_u, t_u = mix(x1, x2, mask), mix(t1, t2, mask)
+                x_u, t_u = mix(s1, s2, mask), mix(t1, t2, mask)
             elif a.cutmix:  # CutMix-Seg: random boxes between two halves of the unlabeled batch
                 t1 = self.teacher(x1).float()
-                x2, t2 = x1.roll(1, 0), t1.roll(1, 0)
                 b, _, h, w = x1.shape
                 mask = random_box_masks(b, h, w, area=0.5, generator=g, device=self.device)
-                x_u, t_u = mix(x1, x2, mask), mix(t1, t2, mask)
+                x_u, t_u = mix(s1, s1.roll(1, 0), mask), mix(t1, t1.roll(1, 0), mask)
             else:
-                x_u, t_u, mask = x1, self.teacher(x1).float(), None
+                x_u, t_u, mask = s1, self.teacher(x1).float(), None
             conf_u, pl_u = pseudo_labels(t_u, float(a.threshold), self.ignore_index)
             if t_l is not None:
                 conf_l, pl_l = pseudo_labels(t_l.float(), float(a.threshold), self.ignore_index)
