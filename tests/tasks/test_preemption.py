@@ -212,3 +212,12 @@ def test_run_killed_in_its_final_evaluation_completes_with_ckpt_path_last(compos
     after = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert after["global_step"] == before["global_step"] == 2 and (tmp_path / "metrics.json").is_file()
     assert_same(before["state_dict"], after["state_dict"], "state_dict")
+
+
+@pytest.mark.parametrize(("experiment", "suggested"), [("supervised_synthscapes", True), ("ael_synthscapes", False),
+                                                       ("eln_synthscapes", False)])
+def test_oom_advice_suggests_accumulation_only_where_the_method_supports_it(compose_cfg, experiment, suggested):
+    from semiseg_lit.tasks.train import oom_advice
+
+    msg = oom_advice(compose_cfg([f"+experiment={experiment}"]), 5, "training")
+    assert ("trainer.accumulate_grad_batches=2" in msg) is suggested, msg

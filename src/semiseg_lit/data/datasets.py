@@ -482,11 +482,6 @@ class ScanReport:
         return not self.problems
 
 
-def _image_size(path: Path, decode: bool) -> tuple[int, int]:
-    """(H, W) of an image: fully decoded, or from the header (+ an end-marker check for truncation)."""
-    return image_size(path, decode)
-
-
 def scan_samples(
     samples: Sequence[Sample],
     num_classes: int,
@@ -504,7 +499,7 @@ def scan_samples(
     for s in samples:
         size = None
         try:
-            size = _image_size(s.image, decode_images)
+            size = image_size(s.image, decode_images)
             rep.n_images += 1
         except DataError as e:
             rep.problems.append((str(s.image), str(e)))

@@ -44,6 +44,7 @@ from semiseg_lit.ops.sampling import equalization_keep_mask
 class AELMethod(SegMethod):
     # the EMA teacher and the banks update per training step (tasks/common.check_method_options)
     supports_grad_accumulation = False
+
     def __init__(self, cfg: DictConfig, class_info: ClassInfo, num_unlabeled: int | None = None):
         super().__init__(cfg, class_info)
         self.ael = cfg.method.ael

@@ -24,9 +24,6 @@ class FiniteGuard:
         self._value: torch.Tensor | None = None  # the total loss at that step
         self._terms: torch.Tensor | None = None  # [MAX_TERMS] bool: term non-finite at that step
 
-    def reset(self) -> None:
-        self._step = self._value = self._terms = None
-
     @torch.no_grad()
     def track(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int) -> None:
         """Latch ``step`` if ``loss`` is not finite and no earlier step was (device ops only)."""

@@ -16,7 +16,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from semiseg_lit.callbacks.preemption import Preemption
 from semiseg_lit.checkpointing import CheckpointError, check_compatible, load_checkpoint
 from semiseg_lit.ops.metrics import format_iou_table
-from semiseg_lit.tasks.common import build_callbacks, build_loggers, build_trainer, prepare_run
+from semiseg_lit.tasks.common import build_callbacks, build_loggers, build_trainer, method_class, prepare_run
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def oom_advice(cfg: DictConfig, step: int, phase: str, world_size: int = 1, erro
                  f"data.crop_size=<smaller> (now {d.crop_size}; activation memory grows with its area)"]
         if str(t.precision) in ("32-true", "32", "64-true"):
             knobs.append("trainer.precision=bf16-mixed (about half the activation memory)")
-        if cfg.method.name == "supervised":
+        if getattr(method_class(cfg), "supports_grad_accumulation", True):
             knobs.append(f"trainer.accumulate_grad_batches=2 with half the batch size (now "
                          f"{t.accumulate_grad_batches}; keeps the effective batch)")
         knobs.append("more devices: trainer=ddp (batch sizes are global, so each device gets a share)")
