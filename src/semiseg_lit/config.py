@@ -205,6 +205,10 @@ class AELConfig:
     labeled_consistency: bool = True   # the L_c1 term on labeled images (code, not paper; §7)
     alpha: float = 1.0                 # weight of the unsupervised loss
     grad_scale: float = 1.0            # 1/8 reproduces the reference's loss/W on 8 GPUs (§7)
+    # emulate this many GPUs of the reference run (GLOBAL count, divided by the world size): the
+    # per-device batch is split into groups and every per-GPU piece (confidence bank, OHEM, class
+    # draws, CutMix draws, AES noise) acts per group. Reference experiments: 8.
+    virtual_ranks: int = 1
 
 
 @dataclass
