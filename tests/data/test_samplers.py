@@ -55,3 +55,23 @@ def test_sample_seed_is_stable():
     assert sample_seed(0, 1, 5) == sample_seed(0, 1, 5)
     assert sample_seed(0, 1, 5) != sample_seed(0, 1, 6)
     assert 0 <= sample_seed(2**40, 3, 2**40) < 2**31
+
+
+def test_virtual_rank_batches_do_not_depend_on_the_device_layout():
+    # 4 emulated GPUs with 2 items each per step: on 1 device (4 groups), 2 devices (2 groups) or 4 devices,
+    # virtual rank v gets the same items (and sample seeds) at every step
+    def device_batches(rank, world, steps=3):
+        groups = 4 // world
+        s = InfiniteStreamSampler(10, seed=5, stream_id=1, rank=rank, world_size=world, groups=groups, group_batch=2)
+        items = list(itertools.islice(iter(s), steps * groups * 2))
+        return [items[k * groups * 2:(k + 1) * groups * 2] for k in range(steps)]
+
+    for step in range(3):
+        one = device_batches(0, 1)[step]
+        two = device_batches(0, 2)[step] + device_batches(1, 2)[step]
+        four = [item for r in range(4) for item in device_batches(r, 4)[step]]
+        assert one == two == four
+    # hand check of the layout: step 0 of virtual rank 1 = global positions 1 and 5 (items j=0, 1; V=4)
+    s = InfiniteStreamSampler(10, seed=5, stream_id=1, groups=4, group_batch=2)
+    plain = list(itertools.islice(iter(InfiniteStreamSampler(10, seed=5, stream_id=1)), 8))
+    assert list(itertools.islice(iter(s), 8))[2:4] == [plain[1], plain[5]]

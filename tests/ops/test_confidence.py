@@ -126,8 +126,8 @@ def test_copy_paste_class_probs_errors() -> None:
         copy_paste_class_probs(bank, torch.ones(4, dtype=torch.bool))
     with pytest.raises(ValueError, match="bool mask"):
         copy_paste_class_probs(bank, torch.ones(3, dtype=torch.bool))
-    with pytest.raises(ValueError, match="1-D"):
-        copy_paste_class_probs(torch.rand(2, 4), [0])
+    with pytest.raises(ValueError, match=r"\[C\] or \[G, C\]"):
+        copy_paste_class_probs(torch.rand(2, 2, 4), [0])
 
 
 # ---------------------------------------------------------------- cutmix_class_probs

@@ -76,4 +76,4 @@ def test_keep_mask_errors() -> None:
     with pytest.raises(ValueError, match="student_pred"):
         equalization_keep_mask(pred[0], s)
     with pytest.raises(ValueError, match="keep_rate"):
-        equalization_keep_mask(pred, s[None])
+        equalization_keep_mask(pred, s[None, None])

@@ -10,7 +10,9 @@ A training batch is a dict with one entry per stream the method asks for::
 Each stream is an infinite seeded sampler (``samplers.InfiniteStreamSampler``), so the labeled
 stream cycles independently of the unlabeled one, batches never have size 1, DDP ranks see
 disjoint shards of the same order, and a resumed run continues the exact same streams.
-Batch sizes in the config are GLOBAL and divided by the world size.
+Batch sizes in the config are GLOBAL and divided by the world size. With emulated GPUs
+(``virtual_ranks``, AEL) each device batch is ``G = virtual_ranks / world size`` groups, one per
+emulated GPU, filled as that GPU's shard of the stream (``samplers.virtual_rank_position``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from semiseg_lit.data.transforms import (
     build_transforms,
     crop_hw,
 )
+from semiseg_lit.ops.virtual_ranks import groups_per_device
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +136,13 @@ class SemiSegDataModule(pl.LightningDataModule):
         seed: the run's seed (streams and augmentations derive from it).
         streams: training streams the method consumes, e.g. ``("labeled",)`` or
             ``("labeled", "unlabeled")`` or ``("labeled", "unlabeled", "partner")``.
+        virtual_ranks: GPUs the method emulates in all (``method.ael.virtual_ranks``; 1 = one per device).
+        sync_batchnorm: ``trainer.sync_batchnorm``: BatchNorm sees the batch of all devices, so a
+            device may hold a single image of a stream.
     """
 
-    def __init__(self, cfg: DictConfig, seed: int = 0, streams: tuple[str, ...] = ("labeled",)):
+    def __init__(self, cfg: DictConfig, seed: int = 0, streams: tuple[str, ...] = ("labeled",),
+                 virtual_ranks: int = 1, sync_batchnorm: bool = False):
         super().__init__()
         unknown = set(streams) - set(STREAM_IDS)
         if unknown:
@@ -143,6 +150,7 @@ class SemiSegDataModule(pl.LightningDataModule):
         self.cfg = cfg
         self.seed = int(seed)
         self.streams = tuple(streams)
+        self.virtual_ranks, self.sync_batchnorm = int(virtual_ranks), bool(sync_batchnorm)
         self.class_info = resolve_class_info(cfg)
         self.partition: Partition | None = None
         self._datasets: dict[str, Dataset] = {}
@@ -328,6 +336,10 @@ class SemiSegDataModule(pl.LightningDataModule):
             return 0, 1
         return int(trainer.global_rank), int(trainer.world_size)
 
+    def groups_per_device(self) -> int:
+        """Emulated GPUs per device: ``virtual_ranks / world size`` (1 without emulation)."""
+        return groups_per_device(self.virtual_ranks, self._world()[1])
+
     def per_device_batch(self, stream: str) -> int:
         _, world = self._world()
         key = "unlabeled" if stream in ("unlabeled", "bank") else "labeled"
@@ -336,9 +348,17 @@ class SemiSegDataModule(pl.LightningDataModule):
             raise ValueError(f"data.{key}_batch_size={total} "
                              f"(global) is not divisible by the world size {world}")
         per = total // world
-        if per < 2:
-            raise ValueError(f"{stream} batch per device is {per} (global {total} / world {world}); at least "
-                             "2 images per device are needed (BatchNorm breaks on a batch of one)")
+        groups = self.groups_per_device()
+        if per % groups:
+            raise ValueError(f"data.{key}_batch_size={total} (global) does not split over method.ael.virtual_ranks="
+                             f"{self.virtual_ranks} emulated GPUs: give a multiple of {self.virtual_ranks} (the "
+                             f"reference: 2 labeled and 1 unlabeled per GPU, i.e. {2 * self.virtual_ranks} and "
+                             f"{self.virtual_ranks})")
+        # BatchNorm needs 2 values per channel: the device batch, or with SyncBatchNorm the global one
+        if per < 2 and not (self.sync_batchnorm and world > 1 and total >= 2):
+            raise ValueError(f"{stream} batch per device is {per} (data.{key}_batch_size={total} global / world "
+                             f"{world}); BatchNorm breaks on a batch of one: give at least {2 * world} or set "
+                             "trainer.sync_batchnorm=true (BatchNorm over all devices, as the reference's SyncBN)")
         return per
 
     def _consumed_batches(self) -> int:
@@ -369,12 +389,13 @@ class SemiSegDataModule(pl.LightningDataModule):
                 raise ValueError(f"data.num_workers={kwargs['num_workers']} prefetches {depth} batches but "
                                  f"method.ael.cutmix_bank_lag={bank.lag}; set the lag to at least {depth}")
             sampler = CutMixBankSampler(self._bank_callback, batch, seed=self.seed, rank=rank, world_size=world,
-                                        start=start_batch * batch)
+                                        start=start_batch * batch, groups=self.groups_per_device())
             dataset = SeededDataset(self._datasets["bank"])
         else:
+            groups = self.groups_per_device()
             sampler = InfiniteStreamSampler(len(self._datasets[stream]), seed=self.seed,
                                             stream_id=STREAM_IDS[stream], rank=rank, world_size=world,
-                                            start=start_batch * batch)
+                                            start=start_batch * batch, groups=groups, group_batch=batch // groups)
             dataset = SeededDataset(self._datasets[stream])
         return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, **kwargs)
 

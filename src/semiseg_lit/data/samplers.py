@@ -12,6 +12,12 @@ drawn from ``(seed, stream_id, e)``; position ``k`` of the global stream goes to
 * the stream is a pure function of its position, so resuming at step ``s`` restarts it at
   ``s × batch_size`` and reproduces the uninterrupted run (the per-sample seed also fixes the
   augmentation, see ``transforms.reseed``).
+
+Emulated GPUs (``method.ael.virtual_ranks``): with ``G`` groups of ``b`` items per device batch, the
+device batch of rank ``r`` is the concatenation of the batches that virtual ranks ``r·G … r·G + G - 1``
+would get from a stream sharded over ``W·G`` ranks. Item ``j`` of group ``g`` at step ``s`` is global
+position ``(s·b + j)·W·G + r·G + g``; so the images (and their augmentations) of a virtual rank do not
+depend on how the virtual ranks are laid over devices. ``G = 1`` is the plain sharding above.
 """
 
 from __future__ import annotations
@@ -21,6 +27,14 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 from torch.utils.data import Sampler
+
+
+def virtual_rank_position(local: int, rank: int, world_size: int, groups: int = 1, group_batch: int = 1) -> int:
+    """Global stream position of the ``local``-th item of rank ``rank``'s stream (module docstring):
+    ``(s·b + j)·W·G + r·G + g`` with ``(s, g, j)`` = (step, group, item) of ``local`` in batches of ``G·b``."""
+    step, within = divmod(local, groups * group_batch)
+    group, item = divmod(within, group_batch)
+    return (step * group_batch + item) * (world_size * groups) + rank * groups + group
 
 
 def sample_seed(seed: int, stream_id: int, position: int) -> int:
@@ -38,23 +52,25 @@ class InfiniteStreamSampler(Sampler):
         stream_id: distinguishes the labeled / unlabeled / partner streams.
         rank, world_size: this process's shard.
         start: number of items of THIS rank's shard already consumed (resume offset).
+        groups, group_batch: emulated GPUs per device and items per group (module docstring).
     """
 
     def __init__(self, size: int, seed: int, stream_id: int, rank: int = 0, world_size: int = 1,
-                 start: int = 0):
+                 start: int = 0, groups: int = 1, group_batch: int = 1):
         if size <= 0:
             raise ValueError(f"cannot build a training stream over an empty dataset (stream {stream_id})")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.size, self.seed, self.stream_id = size, seed, stream_id
         self.rank, self.world_size, self.start = rank, world_size, start
+        self.groups, self.group_batch = int(groups), int(group_batch)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.stream_id, epoch])
         return rng.permutation(self.size)
 
     def global_position(self, local_position: int) -> int:
-        return local_position * self.world_size + self.rank
+        return virtual_rank_position(local_position, self.rank, self.world_size, self.groups, self.group_batch)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         local = self.start
@@ -99,24 +115,29 @@ class CutMixBankSampler(Sampler):
     ``bank_source()`` returns an object with ``snapshot_for(step) -> (conf [C], bank [C, N])``
     (the :class:`~semiseg_lit.callbacks.cutmix_bank.CutMixBank` callback): the state of a fixed
     number of steps earlier, so prefetching workers cannot change the draws. Yields
-    ``(index, sample_seed, class)``.
+    ``(index, sample_seed, class)``. With ``groups`` emulated GPUs per device, ``conf`` is ``[G, C]``
+    and the items of group ``g`` are drawn from ``conf[g]``, at the virtual rank's stream position.
     """
 
     stream_id = 4
 
     def __init__(self, bank_source, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 start: int = 0):
+                 start: int = 0, groups: int = 1):
         self.bank_source, self.batch_size, self.seed = bank_source, int(batch_size), int(seed)
         self.rank, self.world_size, self.start = rank, world_size, start
+        if groups < 1 or self.batch_size % groups:
+            raise ValueError(f"bank stream: batch {batch_size} per device does not split into {groups} groups")
+        self.groups, self.group_batch = int(groups), self.batch_size // int(groups)
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         local = self.start
         while True:
             step = local // self.batch_size
             conf, bank = self.bank_source().snapshot_for(step)
-            pos = local * self.world_size + self.rank
+            group = (local % self.batch_size) // self.group_batch
+            pos = virtual_rank_position(local, self.rank, self.world_size, self.groups, self.group_batch)
             rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.stream_id, pos & 0xFFFFFFFF, pos >> 32])
-            z = 1.0 - conf.double().numpy()
+            z = 1.0 - conf.reshape(self.groups, -1)[group].double().numpy()
             p = np.exp(z - z.max())
             cls = int(rng.choice(len(p), p=p / p.sum()))
             row = np.flatnonzero(bank[cls].numpy())

@@ -17,6 +17,13 @@ One training step (ael.md §13), per device:
    normalised by the weight sum.
 6. ``loss = (L_sup + α·(L_c1 + L_c2)) · grad_scale``; the EMA teacher callback updates the teacher.
 
+Emulated GPUs (``method.ael.virtual_ranks = V``, :mod:`semiseg_lit.ops.virtual_ranks`): the device
+batch is ``G = V / world size`` groups and every per-GPU piece of the reference acts per group — the
+confidence bank row, the ACP class draw, the CutMix draws, the AES noise, OHEM — with each group's
+randomness from its own virtual rank. Every loss term is a vector ``[G]`` of per-GPU losses and the
+step loss is their mean (what DDP's gradient averaging over ``G`` GPUs gives). BatchNorm sees the
+whole device batch (the reference's SyncBN). ``V = 1``: one group per device.
+
 Every component can be switched off (``method.ael.*``), which gives the ablations of Table 3.
 """
 
@@ -37,8 +44,20 @@ from semiseg_lit.methods.base import SegMethod
 from semiseg_lit.ops.confidence import copy_paste_class_probs, equalization_keep_rate
 from semiseg_lit.ops.copy_paste import adaptive_copy_paste, draw_paste_classes
 from semiseg_lit.ops.cutmix import cutmix_masks, mix, random_box_masks
-from semiseg_lit.ops.losses import class_argmax, pseudo_labels, weighted_pseudo_label_loss
+from semiseg_lit.ops.losses import (
+    class_argmax,
+    ohem_cross_entropy_per_group,
+    per_pixel_cross_entropy,
+    pseudo_labels,
+    weighted_pseudo_label_loss_per_group,
+)
 from semiseg_lit.ops.sampling import equalization_keep_mask
+from semiseg_lit.ops.virtual_ranks import (
+    groups_per_device,
+    rand_per_group,
+    roll_within_groups,
+    virtual_rank_generators,
+)
 
 
 class AELMethod(SegMethod):
@@ -56,6 +75,10 @@ class AELMethod(SegMethod):
         self.cutmix_bank: CutMixBank | None = None
         self._method_callbacks: list[Callback] | None = None
         self.last_views: dict | None = None  # set by training_step (see there), read by WandbPanels
+        self.last_group_terms: dict | None = None  # per emulated GPU loss terms [G] and OHEM selection
+        if int(self.ael.virtual_ranks) < 1:
+            raise ValueError(f"method.ael.virtual_ranks={self.ael.virtual_ranks}: expected the number of GPUs "
+                             "to emulate (>= 1; 1 = one per device, the reference experiments: 8)")
         if self.ael.student_view not in ("weak", "strong"):
             raise ValueError(f"method.ael.student_view={self.ael.student_view!r}: expected 'weak' or 'strong'")
         ignore_list = self.ael.copy_paste_ignore_classes
@@ -80,6 +103,17 @@ class AELMethod(SegMethod):
             streams.append("bank")
         return tuple(streams)
 
+    @classmethod
+    def virtual_ranks(cls, cfg: DictConfig) -> int:
+        """GPUs emulated in all (the data module fills each device batch with their shards)."""
+        return int(cfg.method.ael.virtual_ranks)
+
+    @property
+    def groups(self) -> int:
+        """Emulated GPUs on this device, ``virtual_ranks / world size``."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return groups_per_device(int(self.ael.virtual_ranks), world)
+
     # ------------------------------------------------------------------ callbacks
     def configure_callbacks(self) -> list[Callback]:
         """The method's state-owning callbacks, built once: Lightning calls this for every
@@ -90,74 +124,110 @@ class AELMethod(SegMethod):
 
     def _build_callbacks(self) -> list[Callback]:
         a = self.ael
+        groups = self.groups
+        if groups > 1 and a.cutmix and a.cutmix_adaptive and not a.cutmix_bank_sync:
+            raise ValueError(
+                f"method.ael.cutmix_bank_sync=false keeps one CutMix image bank per device, but method.ael."
+                f"virtual_ranks={a.virtual_ranks} puts {groups} emulated GPUs on each device, which would share it: "
+                "the run would emulate no real GPU layout. Set method.ael.cutmix_bank_sync=true (one bank for "
+                "all, the clean choice) or virtual_ranks equal to the number of devices")
         callbacks: list[Callback] = [
             EMATeacher(decay=a.ema_decay, warmup=a.ema_warmup, average_buffers=a.ema_average_buffers),
             ConfidenceBank(self.num_classes, self.class_info.names, momentum=a.bank_momentum, absent=a.bank_absent,
                            init=a.bank_init, sync=a.bank_sync, seed=int(self.cfg.seed),
-                           ignore_index=self.ignore_index, log_every_n_steps=int(self.cfg.trainer.log_every_n_steps)),
+                           ignore_index=self.ignore_index, log_every_n_steps=int(self.cfg.trainer.log_every_n_steps),
+                           groups=groups),
         ]
         if a.cutmix and a.cutmix_adaptive:
             n = self.num_unlabeled or len(self.trainer.datamodule.partition.unlabeled)
             callbacks.append(CutMixBank(self.num_classes, n, area_thresh=a.cutmix_bank_area_thresh,
-                                        lag=a.cutmix_bank_lag, sync=a.cutmix_bank_sync))
+                                        lag=a.cutmix_bank_lag, sync=a.cutmix_bank_sync, groups=groups))
         return callbacks
 
     # ------------------------------------------------------------------ helpers
-    def step_generator(self) -> torch.Generator:
-        """Randomness of this step: a function of (seed, step, rank) only, so resumed runs replay it."""
-        g = torch.Generator(device=self.device)
-        g.manual_seed((int(self.cfg.seed) * 1_000_003 + self.global_step * 7919 + self.global_rank) % (2**63))
-        return g
+    def step_generators(self) -> list[torch.Generator]:
+        """Randomness of this step, one generator per emulated GPU of this device: a function of
+        (seed, step, virtual rank) only, so resumed runs replay it and a virtual rank draws the same
+        whatever the number of devices (ops/virtual_ranks.py)."""
+        groups = self.groups
+        return virtual_rank_generators(int(self.cfg.seed), self.global_step, self.global_rank * groups, groups,
+                                       self.device)
+
+    def supervised_loss_per_group(self, logits: torch.Tensor, target: torch.Tensor,
+                                  groups: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``method.loss`` per emulated GPU: OHEM mined per group (ael.md §7) or CE averaged per group.
+        Returns ``(loss [G], OHEM kept mask [B, H, W] or None)``."""
+        loss_cfg = self.cfg.method.loss
+        if loss_cfg.name == "ohem":
+            return ohem_cross_entropy_per_group(logits.float(), target, groups, thresh=loss_cfg.ohem_thresh,
+                                                min_kept=loss_cfg.ohem_min_kept, ignore_index=self.ignore_index)
+        if loss_cfg.name == "ce":
+            ce, _, valid = per_pixel_cross_entropy(logits, target, self.ignore_index)
+            per_group = valid.reshape(groups, -1)
+            return ce.reshape(groups, -1).sum(1) / per_group.sum(1).clamp_min(1), None
+        raise ValueError(f"method.loss.name={loss_cfg.name!r}: expected 'ce' or 'ohem'")
 
     def unsup_loss(self, logits: torch.Tensor, pl_conf: torch.Tensor, pl_label: torch.Tensor,
-                   keep_rate: torch.Tensor | None, g: torch.Generator) -> torch.Tensor:
-        """DR + AES weighted pseudo-label CE (ael.md §5–6)."""
+                   keep_rate: torch.Tensor | None, gens: list[torch.Generator]) -> torch.Tensor:
+        """DR + AES weighted pseudo-label CE per emulated GPU (ael.md §5–6): ``[G]``."""
         a = self.ael
+        groups, (b, _, h, w) = len(gens), logits.shape
         keep = None
         if keep_rate is not None:
-            keep = equalization_keep_mask(class_argmax(logits.detach()), keep_rate, generator=g,
+            noise_shape = (keep_rate.shape[-1], h, w) if a.sampling_shared_noise else (b // groups, h, w)
+            noise = rand_per_group(gens, noise_shape, self.device)
+            keep = equalization_keep_mask(class_argmax(logits.detach()), keep_rate,
+                                          noise=noise if a.sampling_shared_noise else noise.flatten(0, 1),
                                           shared_noise=a.sampling_shared_noise)
-        return weighted_pseudo_label_loss(
-            logits.float(), pl_label, pl_conf, keep=keep, gamma=float(a.gamma) if a.reweight else 0.0,
+        return weighted_pseudo_label_loss_per_group(
+            logits.float(), pl_label, pl_conf, groups, keep=keep, gamma=float(a.gamma) if a.reweight else 0.0,
             ignore_index=self.ignore_index, normalize=a.loss_normalize,
             ignored_in_denominator=a.ignored_in_denominator)
 
     # ------------------------------------------------------------------ the step
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         a = self.ael
-        g = self.step_generator()
-        bank = self.confidence_bank.bank  # state before this step's update (used by ACP)
+        gens = self.step_generators()  # one per emulated GPU (group) of this device
+        groups = len(gens)
+        bank = self.confidence_bank.bank  # [G, C], state before this step's update (used by ACP)
         x_l, y_l = batch["labeled"]["image"], batch["labeled"]["mask"]
+        b_l = x_l.shape[0] // groups
 
-        # 1. adaptive Copy-Paste (labeled)
+        # 1. adaptive Copy-Paste (labeled): each group draws its own classes from its own bank row
         if a.copy_paste:
             probs = copy_paste_class_probs(bank, self.paste_ignore)
-            classes = draw_paste_classes(probs, int(a.copy_paste_k), generator=g)
-            has_partner = torch.rand(x_l.shape[0], generator=g, device=self.device) < a.copy_paste_prob
+            k = int(a.copy_paste_k)
+            classes = draw_paste_classes(probs, k, noise=rand_per_group(gens, (k,), self.device))
+            has_partner = rand_per_group(gens, (b_l,), self.device).flatten() < a.copy_paste_prob
             x_l, y_l = adaptive_copy_paste(x_l, y_l, batch["partner"]["image"], batch["partner"]["mask"],
-                                           classes, has_partner)
+                                           classes.repeat_interleave(b_l, 0), has_partner)
 
         # 2. teacher pseudo-labels and (adaptive) CutMix (unlabeled); the teacher sees the weak views,
         # the student the weak or (student_view=strong) the pixel-aligned photometric views, same mask
         self.teacher.train(bool(a.teacher_train_mode))
         view = "image_strong" if a.student_view == "strong" else "image"
         x1, s1, idx1 = batch["unlabeled"]["image"], batch["unlabeled"][view], batch["unlabeled"]["index"]
+        b_u, _, h, w = x1.shape
         with torch.no_grad():
             t_l = self.teacher(x_l) if a.labeled_consistency else None
             if a.cutmix and a.cutmix_adaptive:
-                drawn = batch["bank"]  # images drawn from the CutMix image bank
+                drawn = batch["bank"]  # images drawn from the CutMix image bank (per group, from its bank row)
                 x2, s2, idx2, cls2 = drawn["image"], drawn[view], drawn["index"], drawn["bank_class"]
                 t12 = self.teacher(torch.cat([x1, x2]))
                 t1, t2 = t12.float().chunk(2)
                 pred1, pred2 = class_argmax(t1), class_argmax(t2)
-                mask = cutmix_masks(pred2, cls2, float(a.cutmix_area_thresh), generator=g)
-                self.cutmix_bank.update(torch.cat([idx1, idx2]), torch.cat([pred1, pred2]))
+                keys = rand_per_group(gens, (b_u // groups, h * w + 1), self.device).flatten(0, 1)
+                box_noise = rand_per_group(gens, (b_u // groups, 3), self.device).flatten(0, 1)
+                mask = cutmix_masks(pred2, cls2, float(a.cutmix_area_thresh), keys=keys, box_noise=box_noise)
+                # bank writes in emulated-GPU order ([random, drawn] per group), as an all-gather would give
+                self.cutmix_bank.update(self._group_major(idx1, idx2, groups), self._group_major(pred1, pred2, groups))
                 x_u, t_u = mix(s1, s2, mask), mix(t1, t2, mask)
-            elif a.cutmix:  # CutMix-Seg: random boxes between two halves of the unlabeled batch
+            elif a.cutmix:  # CutMix-Seg: random boxes between the images of each group's unlabeled batch
                 t1 = self.teacher(x1).float()
-                b, _, h, w = x1.shape
-                mask = random_box_masks(b, h, w, area=0.5, generator=g, device=self.device)
-                x_u, t_u = mix(s1, s1.roll(1, 0), mask), mix(t1, t1.roll(1, 0), mask)
+                box_noise = rand_per_group(gens, (b_u // groups, 3), self.device).flatten(0, 1)
+                mask = random_box_masks(b_u, h, w, area=0.5, noise=box_noise)
+                x_u = mix(s1, roll_within_groups(s1, groups), mask)
+                t_u = mix(t1, roll_within_groups(t1, groups), mask)
             else:
                 x_u, t_u, mask = s1, self.teacher(x1).float(), None
             conf_u, pl_u = pseudo_labels(t_u, float(a.threshold), self.ignore_index)
@@ -168,23 +238,34 @@ class AELMethod(SegMethod):
         # mix_mask = 1 where the pixel was pasted from the second image (None without CutMix)
         self.last_views = {"labeled": (x_l, y_l), "mixed": (x_u, pl_u), "mix_mask": mask}
 
-        # 3. student
+        # 3. student (BatchNorm over the whole device batch); supervised loss per emulated GPU
         out_l = self.student.forward_all(x_l, aux=True)
         logits_u = self.student(x_u)
-        terms = {"sup": self.supervised_loss(out_l.logits, y_l)}
+        sup, ohem_kept = self.supervised_loss_per_group(out_l.logits, y_l, groups)
+        terms = {"sup": sup}
         if out_l.aux is not None:
-            terms["aux"] = self.cfg.method.loss.aux_weight * self.supervised_loss(out_l.aux, y_l)
+            terms["aux"] = self.cfg.method.loss.aux_weight * self.supervised_loss_per_group(out_l.aux, y_l, groups)[0]
 
-        # 4. confidence bank (student softmax on labeled pixels)
+        # 4. confidence bank (student softmax on labeled pixels; row g from group g)
         bank = self.confidence_bank.update(F.softmax(out_l.logits.detach().float(), 1), y_l)
 
-        # 5. DR + AES unsupervised losses
+        # 5. DR + AES unsupervised losses (keep rates and noise per group)
         keep_rate = equalization_keep_rate(bank, float(a.sampling_beta)) if a.sampling else None
-        terms["unsup_unlabeled"] = a.alpha * self.unsup_loss(logits_u, conf_u, pl_u, keep_rate, g)
+        terms["unsup_unlabeled"] = a.alpha * self.unsup_loss(logits_u, conf_u, pl_u, keep_rate, gens)
         if t_l is not None:
-            terms["unsup_labeled"] = a.alpha * self.unsup_loss(out_l.logits, conf_l, pl_l, keep_rate, g)
+            terms["unsup_labeled"] = a.alpha * self.unsup_loss(out_l.logits, conf_l, pl_l, keep_rate, gens)
 
+        # 6. the mean over emulated GPUs of their losses (= DDP's gradient average over G GPUs)
+        self.last_group_terms = {**{k: v.detach() for k, v in terms.items()}, "ohem_kept": ohem_kept}
+        terms = {name: per_group.mean() for name, per_group in terms.items()}
         loss = sum(terms.values()) * float(a.grad_scale)
         self.track_finite(loss, terms, self.global_step)
         self.log_losses({"loss": loss, **terms}, batch_size=x_l.shape[0])
         return loss
+
+    @staticmethod
+    def _group_major(first: torch.Tensor, second: torch.Tensor, groups: int) -> torch.Tensor:
+        """``[first_g, second_g]`` for g = 0..G-1 (each a group's chunk): the order in which G GPUs'
+        rows would arrive in an all-gather."""
+        pair = torch.stack([first.reshape(groups, -1, *first.shape[1:]), second.reshape(groups, -1, *second.shape[1:])], 1)
+        return pair.reshape(-1, *first.shape[1:])

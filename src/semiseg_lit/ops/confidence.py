@@ -5,6 +5,9 @@ The bank ``conf[C]`` estimates how well the student does on each class. It is tu
 * ACM class probabilities ``softmax(1 - conf)`` over all classes (paper Eq. 9),
 * AES keep-rates ``((1 - conf) / max(1 - conf))^beta`` (paper Eq. 10).
 
+A bank is ``[C]`` or ``[G, C]``: one row per emulated GPU (``method.ael.virtual_ranks``); every
+function below acts on each row independently (the classes are the last dimension).
+
 All statistics are computed in float32 on the input's device, without host syncs.
 """
 
@@ -29,8 +32,9 @@ _EPS = 1e-12  # the reference's guard in every normaliser (utils.py:337, loss_he
 
 
 def _check_bank(bank: Tensor, name: str = "bank") -> None:
-    if bank.dim() != 1:
-        raise ValueError(f"{name}: expected a 1-D tensor [C], got shape {tuple(bank.shape)}")
+    if bank.dim() not in (1, 2):
+        raise ValueError(f"{name}: expected a tensor [C] or [G, C] (one row per emulated GPU), "
+                         f"got shape {tuple(bank.shape)}")
     if not bank.is_floating_point():
         raise ValueError(f"{name}: expected a floating tensor, got dtype {bank.dtype}")
 
@@ -127,30 +131,31 @@ def copy_paste_class_probs(bank: Tensor, ignore_classes: Tensor | Sequence[int] 
 
     Ignored classes get ``p_c = 0`` (ael.md §3 "ACP class draw", train.py:228; the reference ignores
     ``[0, 1, 2, 8, 10]``). ``ignore_classes`` is a bool mask ``[C]`` or a list of class indices.
-    Returns float32 ``[C]``.
+    Returns float32 of the bank's shape (``[C]`` or ``[G, C]``).
     """
     _check_bank(bank)
-    ignored = _ignore_mask(ignore_classes, bank.shape[0], bank.device)
+    ignored = _ignore_mask(ignore_classes, bank.shape[-1], bank.device)
     z = (1.0 - bank.float()).clamp_min(0.0).sqrt()
     z = z.masked_fill(ignored, float("-inf"))
-    return torch.softmax(z, dim=0)
+    return torch.softmax(z, dim=-1)
 
 
 def cutmix_class_probs(bank: Tensor) -> Tensor:
     """ACM class probabilities ``p_c = softmax_c(1 - conf_c)`` over all classes (paper Eq. 9, utils.py:209)."""
     _check_bank(bank)
-    return torch.softmax(1.0 - bank.float(), dim=0)
+    return torch.softmax(1.0 - bank.float(), dim=-1)
 
 
 def equalization_keep_rate(bank: Tensor, beta: float = 1.0) -> Tensor:
     """AES keep-rate ``s_c = ((1-conf_c) / (max_c'(1-conf_c') + 1e-12))^β`` (paper Eq. 10, loss_helper.py:75).
 
     The least confident class is kept with rate ≈ 1; ``1 - conf`` is clamped at 0 so that a bank
-    value above 1 cannot produce NaN for fractional β. Returns float32 ``[C]``.
+    value above 1 cannot produce NaN for fractional β. The max is per row of a ``[G, C]`` bank.
+    Returns float32 of the bank's shape.
     """
     _check_bank(bank)
     s = (1.0 - bank.float()).clamp_min(0.0)
-    return (s / (s.max() + _EPS)).pow(beta)
+    return (s / (s.amax(dim=-1, keepdim=True) + _EPS)).pow(beta)
 
 
 def sample_classes(
@@ -161,16 +166,19 @@ def sample_classes(
     ``idx = searchsorted(cumsum(p)/Σp, u, right)``, ``u ~ U[0,1)``: the algorithm of
     ``np.random.choice(C, p=p)``, so passing the reference's uniforms as ``noise [num_samples]``
     reproduces its draws. Zero-probability classes are never drawn. Returns int64 ``[num_samples]``.
+    With ``probs [G, C]`` (one row per emulated GPU) and ``noise [G, num_samples]`` row ``g`` is drawn
+    from ``probs[g]``: int64 ``[G, num_samples]``.
     """
-    if probs.dim() != 1:
-        raise ValueError(f"probs: expected a 1-D tensor [C], got shape {tuple(probs.shape)}")
+    if probs.dim() not in (1, 2):
+        raise ValueError(f"probs: expected a tensor [C] or [G, C], got shape {tuple(probs.shape)}")
     if num_samples < 0:
         raise ValueError(f"num_samples={num_samples}: expected >= 0")
+    expected = (*probs.shape[:-1], num_samples)
     if noise is None:
-        noise = torch.rand(num_samples, generator=generator, device=probs.device)
-    elif noise.shape != (num_samples,):
-        raise ValueError(f"noise: expected shape ({num_samples},), got {tuple(noise.shape)}")
-    cdf = probs.float().cumsum(0)
-    cdf = cdf / cdf[-1]
-    idx = torch.searchsorted(cdf, noise.to(cdf.device, torch.float32).contiguous(), right=True)
-    return idx.clamp_max(probs.shape[0] - 1)
+        noise = torch.rand(expected, generator=generator, device=probs.device)
+    elif noise.shape != expected:
+        raise ValueError(f"noise: expected shape {expected}, got {tuple(noise.shape)}")
+    cdf = probs.float().cumsum(-1)
+    cdf = cdf / cdf[..., -1:]
+    idx = torch.searchsorted(cdf.contiguous(), noise.to(cdf.device, torch.float32).contiguous(), right=True)
+    return idx.clamp_max(probs.shape[-1] - 1)

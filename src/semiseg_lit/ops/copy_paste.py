@@ -23,12 +23,14 @@ def draw_paste_classes(
 
     ``query = {c_1, …, c_K}``, ``c_i ~ probs`` (train.py:228–236: K=3 Cityscapes, 1 VOC), so the
     mask has 1..K classes set. ``noise [K]`` (uniforms) replaces the generator for exact replays.
+    With ``probs [G, C]`` (one row per emulated GPU, each drawing its own query) and ``noise [G, K]``
+    the result is ``[G, C]``.
     """
     if k < 1:
         raise ValueError(f"k={k}: expected at least one class draw")
     draws = sample_classes(probs, k, generator=generator, noise=noise)
-    mask = torch.zeros(probs.shape[0], dtype=torch.bool, device=probs.device)
-    return mask.scatter(0, draws, True)
+    mask = torch.zeros(probs.shape, dtype=torch.bool, device=probs.device)
+    return mask.scatter(-1, draws, True)
 
 
 def adaptive_copy_paste(

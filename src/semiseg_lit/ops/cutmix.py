@@ -139,7 +139,8 @@ def _span(has: Tensor) -> Tensor:
 
 
 def component_box_masks(
-    pred: Tensor, classes: Tensor, min_area: float, generator: torch.Generator | None = None
+    pred: Tensor, classes: Tensor, min_area: float, generator: torch.Generator | None = None,
+    keys: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Bounding box of a random large connected component of ``pred == classes[b]`` (ael.md §4 step 5).
 
@@ -147,6 +148,8 @@ def component_box_masks(
     ``> min_area · H · W`` (the reference uses ``h²``, square crops). One eligible component is
     chosen uniformly (= the reference's shuffle-then-first-eligible) and its plain bounding box
     ``[min_row, max_row] × [min_col, max_col]`` is returned (``no_pad = no_slim = True``).
+    ``keys [B, H·W+1]`` (uniforms; the component with the largest key among the eligible ones is
+    chosen) replaces the generator, e.g. to draw each emulated GPU's keys from its own stream.
 
     Returns:
         ``(masks float [B, H, W] in {0, 1}, found bool [B])``; ``found`` is False (and the mask is
@@ -163,7 +166,11 @@ def component_box_masks(
     sizes.scatter_add_(1, components.flatten(1), torch.ones_like(components.flatten(1)))
     sizes[:, 0] = 0  # background is never a component
     eligible = sizes > min_area * h * w
-    keys = torch.rand(b, h * w + 1, generator=generator, device=pred.device)
+    if keys is None:
+        keys = torch.rand(b, h * w + 1, generator=generator, device=pred.device)
+    elif keys.shape != (b, h * w + 1):
+        raise ValueError(f"keys: expected shape ({b}, {h * w + 1}), got {tuple(keys.shape)}")
+    keys = keys.to(pred.device)
     chosen = torch.where(eligible, keys, -1.0).argmax(1)
     found = eligible.any(1)
     member = (components == chosen.view(b, 1, 1)) & found.view(b, 1, 1)
@@ -177,15 +184,19 @@ def cutmix_masks(
     min_area: float,
     area: float = 0.5,
     generator: torch.Generator | None = None,
+    keys: Tensor | None = None,
+    box_noise: Tensor | None = None,
 ) -> Tensor:
     """ACM mask: the component box of :func:`component_box_masks` where found, else a random box.
 
     ``M_b = box_b if found_b else random_box(area)`` (``generate_cutmix_mask``, ael.md §4 step 5).
-    Both draws use ``generator`` (component choice first). Returns float ``[B, H, W]`` in {0, 1}.
+    Both draws use ``generator`` (component choice first), unless given explicitly: ``keys [B, H·W+1]``
+    (:func:`component_box_masks`) and ``box_noise [B, 3]`` (:func:`random_box_masks`).
+    Returns float ``[B, H, W]`` in {0, 1}.
     """
-    boxes, found = component_box_masks(pred, classes, min_area, generator=generator)
+    boxes, found = component_box_masks(pred, classes, min_area, generator=generator, keys=keys)
     b, h, w = pred.shape
-    fallback = random_box_masks(b, h, w, area=area, generator=generator, device=pred.device)
+    fallback = random_box_masks(b, h, w, area=area, generator=generator, device=pred.device, noise=box_noise)
     return torch.where(found.view(b, 1, 1), boxes, fallback)
 
 

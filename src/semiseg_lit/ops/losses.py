@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["class_argmax", "ohem_cross_entropy", "pseudo_labels", "weighted_pseudo_label_loss",
-           "per_pixel_cross_entropy"]
+__all__ = ["class_argmax", "ohem_cross_entropy", "ohem_cross_entropy_per_group", "pseudo_labels",
+           "weighted_pseudo_label_loss", "weighted_pseudo_label_loss_per_group", "per_pixel_cross_entropy"]
 
 _EPS = 1e-12  # the reference's normaliser guard (loss_helper.py:89)
 
@@ -59,18 +59,44 @@ def ohem_cross_entropy(
     * otherwise ``t = max(thresh, k-th smallest p_gt)``, ``k = min_kept``; pixels with
       ``p_gt > t`` are dropped (kept: ``p_gt <= t``), mean CE over the kept pixels.
     The branch on ``n`` is a ``torch.where`` (no host sync). Mining is over the whole batch given
-    (the reference mines per 2-crop GPU batch). Returns 0 (with grad) when no pixel is kept.
+    (the reference mines per 2-crop GPU batch: :func:`ohem_cross_entropy_per_group`). Returns 0
+    (with grad) when no pixel is kept.
+    """
+    loss, _ = ohem_cross_entropy_per_group(logits, target, 1, thresh, min_kept, ignore_index)
+    return loss[0]
+
+
+def ohem_cross_entropy_per_group(
+    logits: Tensor, target: Tensor, groups: int, thresh: float = 0.7, min_kept: int = 100000,
+    ignore_index: int = 255,
+) -> tuple[Tensor, Tensor]:
+    """:func:`ohem_cross_entropy` mined separately in each of ``groups`` equal consecutive chunks of
+    the batch, as the reference's GPUs each mine their own 2 crops (ael.md §7, ``method.ael.virtual_ranks``).
+
+    For group ``g`` (pixels ``P_g``, ``n_g`` valid): ``t_g = max(thresh, kth_{k}(p_gt over P_g))`` with
+    ``k = min(min_kept, |P_g|)``; kept ``= valid & (n_g < min_kept or p_gt <= t_g)``;
+    ``L_g = Σ_{kept in P_g} CE / max(1, #kept in P_g)``. One batched ``kthvalue`` over the group
+    dimension, no host sync.
+
+    Returns:
+        ``(loss float32 [G], kept bool [B, H, W])``.
     """
     _check_logits_target(logits, target)
+    b = logits.shape[0]
+    if groups < 1 or b % groups:
+        raise ValueError(f"ohem_cross_entropy_per_group: batch {b} does not split into {groups} equal groups")
     ce, p_gt, valid = per_pixel_cross_entropy(logits, target, ignore_index)
     kept = valid
     if min_kept > 0:
-        flat = p_gt.flatten()
-        kth = torch.kthvalue(flat, min(min_kept, flat.numel())).values
+        flat = p_gt.reshape(groups, -1)
+        kth = torch.kthvalue(flat, min(min_kept, flat.shape[1]), dim=1).values
         threshold = torch.clamp(kth, min=thresh)
-        mining = valid.sum() >= min_kept
-        kept = valid & (~mining | (p_gt <= threshold))
-    return (ce * kept).sum() / kept.sum().clamp_min(1)
+        mining = valid.reshape(groups, -1).sum(1) >= min_kept
+        kept_flat = valid.reshape(groups, -1) & (~mining[:, None] | (flat <= threshold[:, None]))
+        kept = kept_flat.view_as(valid)
+    per_group = kept.reshape(groups, -1)
+    loss = (ce.reshape(groups, -1) * per_group).sum(1) / per_group.sum(1).clamp_min(1)
+    return loss, kept
 
 
 def pseudo_labels(
@@ -107,6 +133,25 @@ def weighted_pseudo_label_loss(
       denominator (reference; shrinks the loss when the threshold is > 0); ``False`` drops them.
     A zero denominator gives 0 (with grad), never NaN.
     """
+    return weighted_pseudo_label_loss_per_group(student_logits, pseudo_label, teacher_conf, 1, keep, gamma,
+                                                ignore_index, normalize, ignored_in_denominator)[0]
+
+
+def weighted_pseudo_label_loss_per_group(
+    student_logits: Tensor,
+    pseudo_label: Tensor,
+    teacher_conf: Tensor,
+    groups: int,
+    keep: Tensor | None = None,
+    gamma: float = 2.0,
+    ignore_index: int = 255,
+    normalize: Literal["batch", "image"] = "batch",
+    ignored_in_denominator: bool = True,
+) -> Tensor:
+    """:func:`weighted_pseudo_label_loss` of each of ``groups`` equal consecutive chunks of the batch
+    (one reference GPU's batch each, ``method.ael.virtual_ranks``): ``normalize="batch"`` normalises
+    within the group, ``L_g = Σ_{p∈g} w_p·CE_p / (Σ_{p∈g} w_p + 1e-12)``. Returns float32 ``[G]``.
+    """
     _check_logits_target(student_logits, pseudo_label, "pseudo_label")
     if teacher_conf.shape != pseudo_label.shape:
         raise ValueError(f"teacher_conf: expected shape {tuple(pseudo_label.shape)}, got {tuple(teacher_conf.shape)}")
@@ -114,6 +159,9 @@ def weighted_pseudo_label_loss(
         raise ValueError(f"keep: expected shape {tuple(pseudo_label.shape)}, got {tuple(keep.shape)}")
     if normalize not in ("batch", "image"):
         raise ValueError(f"normalize={normalize!r}: expected 'batch' or 'image'")
+    b = pseudo_label.shape[0]
+    if groups < 1 or b % groups:
+        raise ValueError(f"weighted_pseudo_label_loss_per_group: batch {b} does not split into {groups} equal groups")
     ce, _, valid = per_pixel_cross_entropy(student_logits, pseudo_label, ignore_index)
     weight = teacher_conf.detach().float().pow(gamma)
     if keep is not None:
@@ -121,6 +169,6 @@ def weighted_pseudo_label_loss(
     if not ignored_in_denominator:
         weight = weight * valid
     if normalize == "batch":
-        return (weight * ce).sum() / (weight.sum() + _EPS)
+        return (weight * ce).reshape(groups, -1).sum(1) / (weight.reshape(groups, -1).sum(1) + _EPS)
     per_image = (weight * ce).flatten(1).sum(1) / (weight.flatten(1).sum(1) + _EPS)
-    return per_image.mean()
+    return per_image.view(groups, -1).mean(1)

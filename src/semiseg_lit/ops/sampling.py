@@ -27,9 +27,13 @@ def equalization_keep_mask(
     * ``shared_noise=True`` (reference): one ``H×W`` map per class, drawn in class order and shared
       by all images of the call, ``noise [C, H, W]``; pixel ``(b, y, x)`` uses ``noise[ĉ, y, x]``.
 
+    Emulated GPUs (``method.ael.virtual_ranks``): with ``keep_rate [G, C]`` the batch is ``G`` equal
+    consecutive groups; group ``g`` uses ``s = keep_rate[g]`` and, with ``shared_noise``, its own maps
+    ``noise [G, C, H, W]`` (one batch of the reference GPU ``g``).
+
     Args:
         student_pred: int64 ``[B, H, W]`` class indices in ``[0, C)`` (not validated: no host sync).
-        keep_rate: ``s [C]`` in ``[0, 1]``.
+        keep_rate: ``s [C]`` or ``[G, C]`` in ``[0, 1]``.
         noise: optional explicit uniforms (shape above); otherwise drawn with ``generator``.
 
     Returns:
@@ -37,22 +41,26 @@ def equalization_keep_mask(
     """
     if student_pred.dim() != 3:
         raise ValueError(f"student_pred: expected [B, H, W], got shape {tuple(student_pred.shape)}")
-    if keep_rate.dim() != 1:
-        raise ValueError(f"keep_rate: expected a 1-D tensor [C], got shape {tuple(keep_rate.shape)}")
+    if keep_rate.dim() not in (1, 2):
+        raise ValueError(f"keep_rate: expected a tensor [C] or [G, C], got shape {tuple(keep_rate.shape)}")
     b, h, w = student_pred.shape
-    num_classes = keep_rate.shape[0]
-    expected = (num_classes, h, w) if shared_noise else (b, h, w)
+    rates = keep_rate.view(-1, keep_rate.shape[-1])
+    groups, num_classes = rates.shape
+    if b % groups:
+        raise ValueError(f"student_pred: batch {b} does not split into {groups} groups (keep_rate rows)")
+    shared_shape = (num_classes, h, w) if keep_rate.dim() == 1 else (groups, num_classes, h, w)
+    expected = shared_shape if shared_noise else (b, h, w)
     if noise is None:
         noise = torch.rand(expected, generator=generator, device=student_pred.device)
     elif noise.shape != expected:
         raise ValueError(f"noise: expected shape {expected} (shared_noise={shared_noise}), "
                          f"got {tuple(noise.shape)}")
-    pred = student_pred.long()
+    pred = student_pred.long().reshape(groups, (b // groups) * h * w)
     noise = noise.to(student_pred.device, torch.float32)
     if shared_noise:
-        # r[b, p] = noise[pred[b, p], p]
-        r = noise.view(num_classes, h * w).gather(0, pred.view(b, h * w)).view(b, h, w)
+        # r[g, i, p] = noise[g, pred[g, i, p], p]
+        r = noise.reshape(groups, num_classes, h * w).gather(1, pred.view(groups, b // groups, h * w)).view(b, h, w)
     else:
         r = noise
-    s = keep_rate.to(student_pred.device, torch.float32)[pred]
+    s = rates.to(student_pred.device, torch.float32).gather(1, pred).view(b, h, w)
     return (r > 1.0 - s).float()

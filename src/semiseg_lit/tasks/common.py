@@ -37,7 +37,9 @@ def method_class(cfg: DictConfig) -> type:
 
 def build_datamodule(cfg: DictConfig) -> SemiSegDataModule:
     cls = method_class(cfg)
-    return SemiSegDataModule(cfg.data, seed=int(cfg.seed), streams=tuple(cls.required_streams(cfg)))
+    return SemiSegDataModule(cfg.data, seed=int(cfg.seed), streams=tuple(cls.required_streams(cfg)),
+                             virtual_ranks=int(getattr(cls, "virtual_ranks", lambda c: 1)(cfg)),
+                             sync_batchnorm=bool(cfg.trainer.sync_batchnorm))
 
 
 def build_method(cfg: DictConfig, datamodule: SemiSegDataModule) -> pl.LightningModule:
