@@ -132,3 +132,45 @@ def test_bad_labeled_mask_fails_before_training(synth_root, tmp_path):
     with pytest.raises(ValueError, match=rf"(?s)labeled images.*{bad.name}.*77"):
         SemiSegDataModule(data_cfg(root), seed=0, streams=("labeled",)).setup()
     SemiSegDataModule(data_cfg(root, check_before_training="none"), seed=0, streams=("labeled",)).setup()
+
+
+def test_one_image_per_device_needs_sync_batchnorm_on_several_devices(synth_root):
+    # the reference: 8 GPUs, 1 unlabeled (mixed) crop each, SyncBN
+    dm = SemiSegDataModule(data_cfg(synth_root, labeled_batch_size=16, unlabeled_batch_size=8), seed=0,
+                           virtual_ranks=8, sync_batchnorm=True)
+    dm._world = lambda: (3, 8)
+    assert dm.per_device_batch("unlabeled") == dm.per_device_batch("bank") == 1
+    assert dm.per_device_batch("labeled") == 2
+    plain = SemiSegDataModule(data_cfg(synth_root, unlabeled_batch_size=8), seed=0, virtual_ranks=8)
+    plain._world = lambda: (3, 8)
+    with pytest.raises(ValueError, match="trainer.sync_batchnorm=true"):
+        plain.per_device_batch("unlabeled")
+    one_device = SemiSegDataModule(data_cfg(synth_root, unlabeled_batch_size=1), seed=0, sync_batchnorm=True)
+    with pytest.raises(ValueError, match="data.unlabeled_batch_size >= 2"):  # SyncBN on one device = plain BN
+        one_device.per_device_batch("unlabeled")
+
+
+def test_virtual_ranks_must_divide_the_world_and_the_batches(synth_root):
+    dm = SemiSegDataModule(data_cfg(synth_root, labeled_batch_size=12, unlabeled_batch_size=8), seed=0,
+                           virtual_ranks=8)
+    assert dm.groups_per_device() == 8 and dm.per_device_batch("unlabeled") == 8
+    with pytest.raises(ValueError, match=r"data.labeled_batch_size=12 .*method.ael.virtual_ranks=8"):
+        dm.per_device_batch("labeled")
+    dm._world = lambda: (0, 3)
+    with pytest.raises(ValueError, match=r"method.ael.virtual_ranks=8 .*world size 3"):
+        dm.groups_per_device()
+
+
+def test_device_batch_is_the_emulated_gpus_shards_side_by_side(synth_root):
+    # 2 emulated GPUs on one device: the batch = what 2 devices would get, concatenated
+    cfg = data_cfg(synth_root, labeled_batch_size=4, unlabeled_batch_size=4)
+    one = SemiSegDataModule(cfg, seed=2, streams=("labeled",), virtual_ranks=2)
+    one.setup()
+    device = next(iter(one.train_dataloader()))[0]["labeled"]["index"].tolist()
+    shards = []
+    for rank in (0, 1):
+        dm = SemiSegDataModule(cfg, seed=2, streams=("labeled",), virtual_ranks=2)
+        dm._world = lambda rank=rank: (rank, 2)
+        dm.setup()
+        shards += next(iter(dm.train_dataloader()))[0]["labeled"]["index"].tolist()
+    assert device == shards

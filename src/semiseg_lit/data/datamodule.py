@@ -357,8 +357,9 @@ class SemiSegDataModule(pl.LightningDataModule):
         # BatchNorm needs 2 values per channel: the device batch, or with SyncBatchNorm the global one
         if per < 2 and not (self.sync_batchnorm and world > 1 and total >= 2):
             raise ValueError(f"{stream} batch per device is {per} (data.{key}_batch_size={total} global / world "
-                             f"{world}); BatchNorm breaks on a batch of one: give at least {2 * world} or set "
-                             "trainer.sync_batchnorm=true (BatchNorm over all devices, as the reference's SyncBN)")
+                             f"{world}); BatchNorm needs at least 2 images per device: give data.{key}_batch_size >= "
+                             f"{2 * world}, or on several devices set trainer.sync_batchnorm=true (BatchNorm over "
+                             "all devices, as the reference's SyncBN)")
         return per
 
     def _consumed_batches(self) -> int:
