@@ -120,7 +120,7 @@ def test_one_process_with_two_virtual_ranks_equals_two_gloo_processes(synth_root
         assert bool(o["cutmix_bank"].any()) and bool((o["unsup_unlabeled"] > 0).all())
     # the two emulated GPUs keep different banks (bank_sync=false), as the reference's GPUs do
     bank = one[-1]["confidence_bank"]
-    assert (bank[0] - bank[1]).abs().max() > 0.05
+    assert (bank[0] - bank[1]).abs().max() > 0.01
 
 
 if __name__ == "__main__":
