@@ -28,3 +28,27 @@ def test_configure_callbacks_returns_the_same_state_owners_every_time(tmp_path):
     first, second = method.configure_callbacks(), method.configure_callbacks()
     assert [type(c) for c in first] == [EMATeacher, ConfidenceBank, CutMixBank]
     assert all(a is b for a, b in zip(first, second, strict=True))
+
+
+def test_virtual_ranks_options_are_checked_with_the_key_named(tmp_path):
+    import pytest
+
+    def method(*overrides):
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+                cfg = compose(config_name="config", overrides=[
+                    "+experiment=ael_synthscapes", *tiny_overrides(tmp_path / "synth", tmp_path / "out"), *overrides])
+        finally:
+            GlobalHydra.instance().clear()
+        return AELMethod(cfg, resolve_class_info(cfg.data), num_unlabeled=8)
+
+    emulating = method("method.ael.virtual_ranks=4")  # one process: 4 emulated GPUs, one bank row each
+    assert emulating.groups == 4
+    bank = emulating.configure_callbacks()[1]
+    assert bank.bank.shape == (4, 10) and bool((bank.bank == bank.bank[0]).all())  # the same initial bank
+    with pytest.raises(ValueError, match="method.ael.virtual_ranks=0"):
+        method("method.ael.virtual_ranks=0")
+    # a per-device CutMix bank shared by 2 emulated GPUs emulates no real layout
+    with pytest.raises(ValueError, match="method.ael.cutmix_bank_sync=false"):
+        method("method.ael.virtual_ranks=2", "method.ael.cutmix_bank_sync=false").configure_callbacks()
