@@ -24,6 +24,9 @@ CASES = {
     "supervised": (["+experiment=supervised_synthscapes"], [2], 4),
     "ael": (["+experiment=ael_synthscapes"], [2], 4),
     "mean_teacher_cutmix": (["+experiment=ael_synthscapes", *MEAN_TEACHER_CUTMIX], [2], 4),
+    # 2 emulated GPUs on one process: per-GPU bank rows and snapshots go through the checkpoint
+    "ael_virtual_ranks": (["+experiment=ael_synthscapes", "method.ael.virtual_ranks=2", "method.ael.bank_sync=false"],
+                          [2], 4),
     # interrupted inside stage 2 (after step 1) and inside stage 3 (after step 3), resumed to 5
     "eln": (ELN_TINY, [2, 4], 5),
 }
