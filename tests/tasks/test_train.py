@@ -78,6 +78,11 @@ def test_unknown_task_is_named(compose_cfg, synth_root, tmp_path):
      "method.ael.reweight=false"],  # the CutMix-Seg-like basic framework of Table 3
     ["method.ael.cutmix=false", "method.ael.labeled_consistency=false", "method.ael.sampling_shared_noise=true",
      "method.ael.loss_normalize=image", "method.ael.threshold=0.7"],
+    # the same two variants with 2 emulated GPUs (random boxes inside each GPU's batch; CE per GPU)
+    ["method.ael.copy_paste=false", "method.ael.cutmix_adaptive=false", "method.ael.virtual_ranks=2",
+     "method.loss.name=ce"],
+    ["method.ael.cutmix=false", "method.ael.sampling_shared_noise=true", "method.ael.loss_normalize=image",
+     "method.ael.virtual_ranks=4", "method.ael.bank_sync=false"],
 ])
 def test_ael_components_switch_off(compose_cfg, synth_root, tmp_path, switches):
     cfg = compose_cfg(["+experiment=ael_synthscapes", *tiny_overrides(synth_root, tmp_path), *switches])
