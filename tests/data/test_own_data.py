@@ -249,7 +249,8 @@ def test_eval_and_predict_on_a_val_only_download(compose_cfg, tmp_path):
     pred = tmp_path / "pred"
     run_task(folder_cfg(compose_cfg, val_only, tmp_path / "p", "task=predict", f"ckpt_path={ckpt}",
                         f"input={val_only / 'images' / 'val'}", f"output={pred}"))
-    assert sorted(p.relative_to(pred).as_posix() for p in pred.rglob("*.png") if "_" not in p.stem[-6:]) == [
+    assert sorted(p.relative_to(pred).as_posix() for p in pred.rglob("*.png")
+                  if not p.stem.endswith(("_color", "_overlay"))) == [
         "more/val_002.png", "val_000.png", "val_001.png"]
 
 

@@ -279,10 +279,6 @@ class SemiSegDataModule(pl.LightningDataModule):
                                          f"{', '.join(outside[:5])}")
 
         labeled_ids = {s.id for s in labeled}
-        unmasked = [str(s.image) for s in pool_cache[0] if s.mask is None] if pool_cache else []
-        if unmasked:
-            log.info("%d image(s) of data.train_split=%s have no mask and are used as unlabeled images, e.g. %s",
-                     len(unmasked), cfg.train_split, ", ".join(unmasked[:3]))
         if unlabeled_list is not None:
             unlabeled = layout.from_split_file(Path(unlabeled_list), require_masks=False)
             unlabeled_src = str(unlabeled_list)
@@ -295,6 +291,10 @@ class SemiSegDataModule(pl.LightningDataModule):
                                 if s.id not in labeled_ids and self._file_key(s.image) not in labeled_files),
                                key=lambda s: s.id)
             unlabeled_src = f"the rest of {cfg.train_split}"
+            unmasked = [str(s.image) for s in unlabeled if s.mask is None]
+            if unmasked:
+                log.info("%d image(s) of data.train_split=%s have no mask: used as unlabeled images, e.g. %s",
+                         len(unmasked), cfg.train_split, ", ".join(unmasked[:3]))
         val = resolve_val()
         unlabeled, extra_src = self._add_extra_unlabeled(layout, unlabeled, labeled, val)
         source = f"labeled: {labeled_src}; unlabeled: " + (" + ".join(x for x in (unlabeled_src, extra_src) if x)

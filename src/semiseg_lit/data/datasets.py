@@ -67,7 +67,7 @@ def _require_dir(root: Path, sub: str, what: str) -> Path:
     """``root / sub`` if it is a folder, else :class:`DataError` naming the missing sub-folder."""
     d = root / sub
     if not d.is_dir():
-        raise DataError(f"{what} root {root} has no '{sub}' folder (expected {d}); is the root right?")
+        raise DataError(f"{what} root {root} has no '{sub}' folder (expected {d}); is data.root right?")
     return d
 
 
@@ -106,7 +106,8 @@ class CityscapesLayout:
     def __init__(self, root: PathLike):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DataError(f"Cityscapes root {self.root} is not a folder")
+            raise DataError(f"Cityscapes root data.root={self.root} is not a folder (expected the folder holding "
+                            "leftImg8bit/ and gtFine/)")
 
     # ------------------------------------------------------------------ paths
     def image_path(self, split: str, sample_id: str) -> Path:
@@ -348,7 +349,7 @@ class FolderLayout:
         self.root = Path(root) if root is not None else self.image_dir.parent
         for what, d in (("image_dir", self.image_dir), ("mask_dir", self.mask_dir)):
             if d is not None and not d.is_dir():
-                raise DataError(f"folder layout: {what} {d} is not a folder")
+                raise DataError(f"folder layout: data.{what} {d} is not a folder")
 
     def _mask(self, folder: Path | None, sample_id: str) -> Path | None:
         return None if folder is None else folder / f"{sample_id}{self.mask_suffix}"
@@ -369,7 +370,8 @@ class FolderLayout:
         files = sorted(p for p in idir.rglob("*")
                        if p.suffix.lower() in self.image_suffixes and not is_hidden(p, idir) and p.is_file())
         if not files:
-            raise DataError(f"no images with suffix {'|'.join(self.image_suffixes)} found under {idir}")
+            raise DataError(f"no images with suffix {'|'.join(self.image_suffixes)} (data.image_suffix) found "
+                            f"under {idir}")
         ids = [p.relative_to(idir).with_suffix("").as_posix() for p in files]
         by_id: dict[str, list[Path]] = {}
         for i, p in zip(ids, files):
