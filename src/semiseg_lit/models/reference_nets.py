@@ -236,6 +236,18 @@ class AELDecoder(nn.Module):
         return self.tail(torch.cat([low, high], dim=1))
 
 
+class AELAuxDecoder(nn.Module):
+    """An AEL decoder + ``final`` classifier used as an auxiliary decoder: logits at ``size`` from
+    DETACHED ``[layer1, layer2, layer3, layer4]`` features."""
+
+    def __init__(self, decoder: AELDecoder, final: nn.Conv2d):
+        super().__init__()
+        self.decoder, self.final = decoder, final
+
+    def forward(self, features: Sequence[Tensor], size: Sequence[int]) -> Tensor:
+        return _upsample(self.final(self.decoder(features[0].detach(), features[-1].detach())), size)
+
+
 class AELNet(ReferenceSegNet):
     """DeepLabV3+ of the official AEL code (module docstring): deep-stem ResNet at OS 8, aux head on layer3.
 
@@ -283,6 +295,16 @@ class AELNet(ReferenceSegNet):
         self.projection_head = nn.Sequential(
             nn.Conv2d(256, 256, 1), nn.ReLU(inplace=True), nn.Conv2d(256, int(projection_dim), 1)
         ) if projection_dim else None
+
+    def build_aux_decoder(self) -> AELAuxDecoder:
+        """A freshly initialised decoder + classifier of this architecture (for the ELN method's
+        error-simulation decoders, eln.md §2.2)."""
+        d = self.decoder
+        return AELAuxDecoder(AELDecoder(d.aspp.conv2[0].in_channels, d.low_conv[0].in_channels,
+                                        d.aspp.conv2[0].out_channels,
+                                        [d.aspp.conv3[0].dilation[0], d.aspp.conv4[0].dilation[0],
+                                         d.aspp.conv5[0].dilation[0]], d.head[3].p),
+                             nn.Conv2d(256, self.num_classes, 1))
 
     def stages(self, x: Tensor) -> list[Tensor]:
         """[layer1 (1/4), layer2, layer3, layer4 (1/8)] of the trunk."""
