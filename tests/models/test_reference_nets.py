@@ -302,3 +302,15 @@ def test_wrong_encoder_names_say_which_trunks_exist():
         ELNSegNet(19, encoder="resnet101s")
     with pytest.raises(ValueError, match="resnet34"):
         ReferenceELN(19, encoder="resnet50", encoder_weights=None)
+
+
+def test_traced_reference_net_keeps_dynamic_sizes_for_export():
+    from semiseg_lit.tasks.export import ExportableNet
+
+    torch.manual_seed(0)
+    net = AELNet(3, encoder="resnet50s").eval()
+    wrapped = ExportableNet(net).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapped, torch.randn(1, 3, 33, 41), check_trace=False)
+        x = torch.randn(2, 3, 45, 27)  # another batch and size than the example
+        torch.testing.assert_close(traced(x), net(x), atol=1e-4, rtol=1e-4)

@@ -73,8 +73,9 @@ def is_weights_file(weights: str | None) -> bool:
 
 
 def _upsample(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear resize with ``align_corners=True`` (every resize of both reference codes)."""
-    return F.interpolate(x, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=True)
+    """Bilinear resize with ``align_corners=True`` (every resize of both reference codes). ``size`` is
+    passed through unconverted, so a traced / exported graph keeps it dynamic."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
 def _set_dilations(blocks: nn.Sequential, dilations: Sequence[int]) -> None:
