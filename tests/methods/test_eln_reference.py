@@ -101,3 +101,15 @@ def test_reference_eln_refuses_options_it_does_not_have(tmp_path):
         make_method(tmp_path, ["method.eln.first_conv_init=smp"])
     with pytest.raises(ValueError, match="method.eln.network='unet'"):
         make_method(tmp_path, ["method.eln.network=unet"])
+
+
+def test_a_crop_whose_ael_quarter_grid_differs_from_the_eln_one_is_refused_at_construction(tmp_path):
+    # AEL's ceil-mode max-pool: sides 31 / 32 give 1/4 grids of 9 (16 -> 9, 16 -> 9), the ELN's ceil(n/4) is 8
+    ael = ["model=deeplabv3plus_ael", "model.encoder=resnet50s", "model.output_stride=8",
+           "model.atrous_rates=[12,24,36]"]
+    with pytest.raises(ValueError, match=r"data.crop_size=\[31, 32\].*\(9, 9\).*\(8, 8\)"):
+        make_method(tmp_path, [*ael, "data.crop_size=[31,32]"])
+    with pytest.raises(ValueError, match=r"data.crop_size=\[29, 36\].*\(8, 10\).*\(8, 9\)"):
+        make_method(tmp_path, [*ael, "data.crop_size=[29,36]", "method.eln.network=smp",
+                               "method.eln.encoder=resnet18", "method.eln.decoder_channels=32"])
+    assert make_method(tmp_path, [*ael, "data.crop_size=[29,30]"]).student.quarter_size(30) == 8

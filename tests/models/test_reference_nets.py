@@ -314,3 +314,12 @@ def test_traced_reference_net_keeps_dynamic_sizes_for_export():
         traced = torch.jit.trace(wrapped, torch.randn(1, 3, 33, 41), check_trace=False)
         x = torch.randn(2, 3, 45, 27)  # another batch and size than the example
         torch.testing.assert_close(traced(x), net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_unknown_weight_names_are_refused_not_silently_random():
+    with pytest.raises(ValueError, match="model.encoder_weights='imagnet'"):
+        AELNet(19, encoder="resnet50s", encoder_weights="imagnet")
+    with pytest.raises(ValueError, match="method.eln.encoder_weights='ssl'"):
+        ReferenceELN(19, encoder_weights="ssl")
+    with pytest.raises(FileNotFoundError, match="missing/r50.pth"):
+        ELNSegNet(19, encoder="resnet50", encoder_weights="/missing/r50.pth")

@@ -55,6 +55,7 @@ from torchmetrics.classification import BinaryAUROC, BinaryPrecision, BinaryReca
 
 from semiseg_lit.callbacks.ema_teacher import EMATeacher
 from semiseg_lit.data.labels import ClassInfo
+from semiseg_lit.data.transforms import crop_hw
 from semiseg_lit.methods.base import SegMethod
 from semiseg_lit.models.deeplab import SegOutput
 from semiseg_lit.models.eln_net import ErrorLocalizationNet, dropout_disabled
@@ -259,6 +260,14 @@ class ELNMethod(SegMethod):
         # the reference ELN answers on the 1/4 grid of the teacher's native logits; the smp ELN at the
         # image resolution, averaged over the 4x4 cells of that grid (quarter_grid)
         self.eln_native = e.get("network", "smp") == "reference"
+        if hasattr(self.student, "quarter_size"):  # reference networks: is their 1/4 grid the ELN's?
+            crop = crop_hw(cfg.data.crop_size)
+            grid, eln_grid = tuple(self.student.quarter_size(n) for n in crop), tuple(-(-n // 4) for n in crop)
+            if grid != eln_grid:
+                raise ValueError(
+                    f"data.crop_size={list(crop)}: the native 1/4 grid of model.arch={cfg.model.arch} is {grid}, the "
+                    f"ELN's is {eln_grid} (ceil(n/4)), so the ELN map cannot be aligned with the pseudo labels. "
+                    "Use crop sides n with n % 4 in (1, 2) (e.g. 769, 513) or model=deeplabv3plus_eln")
         if e.parity.freeze_bn_affine:
             freeze_bn_affine_(self.student)
             freeze_bn_affine_(self.aux_decoders)

@@ -72,6 +72,12 @@ def is_weights_file(weights: str | None) -> bool:
     return weights is not None and weights != "imagenet" and ("/" in weights or weights.endswith(_WEIGHT_SUFFIXES))
 
 
+def _check_weights(weights: str | None, key: str) -> None:
+    if weights is not None and weights != "imagenet" and not is_weights_file(weights):
+        raise ValueError(f"{key}={weights!r}: expected null (random init), 'imagenet', or a path to a weights "
+                         f"file ({' / '.join(_WEIGHT_SUFFIXES)})")
+
+
 def _upsample(x: Tensor, size: Sequence[int]) -> Tensor:
     """Bilinear resize with ``align_corners=True`` (every resize of both reference codes). ``size`` is
     passed through unconverted, so a traced / exported graph keeps it dynamic."""
@@ -184,6 +190,11 @@ class ReferenceSegNet(nn.Module):
         ids = {id(p) for p in backbone}
         return {"backbone": backbone, "head": [p for p in self.parameters() if p.requires_grad and id(p) not in ids]}
 
+    @staticmethod
+    def quarter_size(n: int) -> int:
+        """Side of the native 1/4 grid for an input side ``n``: ``ceil(n / 4)`` (7×7/2 stem + max-pool)."""
+        return -(-int(n) // 4)
+
     def forward_all(self, x: Tensor, aux: bool = False, proj: bool = False,
                     keep_features: bool = False) -> SegOutput:
         raise NotImplementedError
@@ -267,6 +278,7 @@ class AELNet(ReferenceSegNet):
                              f"{' | '.join(AEL_ENCODERS)} (timm names; the official code uses resnet101s)")
         import timm
 
+        _check_weights(encoder_weights, "model.encoder_weights")
         local = is_weights_file(encoder_weights)
         try:
             trunk = timm.create_model(encoder, pretrained=encoder_weights == "imagenet", num_classes=0,
@@ -296,6 +308,14 @@ class AELNet(ReferenceSegNet):
         self.projection_head = nn.Sequential(
             nn.Conv2d(256, 256, 1), nn.ReLU(inplace=True), nn.Conv2d(256, int(projection_dim), 1)
         ) if projection_dim else None
+
+    @staticmethod
+    def quarter_size(n: int) -> int:
+        """Side of the native 1/4 grid: stem conv ``m = floor((n-1)/2) + 1``, then the ceil-mode max-pool
+        ``ceil((m-1)/2) + 1``; that is ``ceil(n/4)`` for ``n ≡ 1, 2 (mod 4)`` (769 → 385 → 193) and one more
+        for ``n ≡ 0, 3 (mod 4)`` (771 → 386 → 194, 512 → 256 → 129)."""
+        m = (int(n) - 1) // 2 + 1
+        return -(-(m - 1) // 2) + 1
 
     def build_aux_decoder(self) -> AELAuxDecoder:
         """A freshly initialised decoder + classifier of this architecture (for the ELN method's
@@ -419,8 +439,9 @@ class ELNHead(nn.Module):
         return _upsample(self.cls(self.decode(high, low)), size)
 
 
-def _torchvision_trunk(name: str, encoder_weights: str | None, what: str,
+def _torchvision_trunk(name: str, encoder_weights: str | None, what: str, key: str,
                        replace_stride_with_dilation: Sequence[bool] = (False, False, False)) -> nn.Module:
+    _check_weights(encoder_weights, key)
     local = is_weights_file(encoder_weights)
     trunk = _torchvision_resnet(name, None if local else encoder_weights,
                                 replace_stride_with_dilation=list(replace_stride_with_dilation))
@@ -447,7 +468,8 @@ class ELNSegNet(ReferenceSegNet):
             raise ValueError(f"model.encoder={encoder!r}: model.arch=deeplabv3plus_eln needs a torchvision "
                              f"Bottleneck ResNet {' | '.join(ELN_ENCODERS)} (reference: resnet50 Cityscapes, "
                              "resnet101 VOC)")
-        trunk = _torchvision_trunk(encoder, encoder_weights, f"ELN {encoder} trunk", (False, False, True))
+        trunk = _torchvision_trunk(encoder, encoder_weights, f"ELN {encoder} trunk", "model.encoder_weights",
+                                   (False, False, True))
         _set_dilations(trunk.layer4, (2, 4, 8))    # multi-grid (1, 2, 4) x 2
         self.encoder = trunk
         self.num_classes = int(num_classes)
@@ -515,7 +537,7 @@ class ReferenceELN(nn.Module):
                              f"BasicBlock ResNet {' | '.join(ELN_TRUNKS)} (reference: resnet34)")
         self.num_classes = int(num_classes)
         self.in_channels = 3 + 1 + self.num_classes
-        trunk = _torchvision_trunk(encoder, encoder_weights, f"ELN {encoder} trunk")
+        trunk = _torchvision_trunk(encoder, encoder_weights, f"ELN {encoder} trunk", "method.eln.encoder_weights")
         # layer4 at stride 1 and undilated (the reference BasicBlock ignores its dilation argument)
         trunk.layer4[0].conv1.stride = (1, 1)
         trunk.layer4[0].downsample[0].stride = (1, 1)
