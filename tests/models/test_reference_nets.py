@@ -111,7 +111,7 @@ def test_reference_eln_trunk_is_undilated_with_a_stride_one_layer4():
 
 # ----------------------------------------------------------------------------------------- shapes
 @pytest.mark.parametrize("size, quarter, eighth", [(769, 193, 97), (505, 127, 64), (513, 129, 65)])
-def test_ael_output_shapes_at_odd_sizes(ael101, size, quarter, eighth):
+def test_ael_output_shapes_at_odd_sizes(size, quarter, eighth):
     net = AELNet(19, encoder="resnet101s", projection_dim=16).to("meta").eval()  # shapes only
     out = net.forward_all(torch.empty(1, 3, size, size + 2, device="meta"), aux=True, proj=True,
                           keep_features=True)
@@ -126,7 +126,7 @@ def test_ael_output_shapes_at_odd_sizes(ael101, size, quarter, eighth):
 
 
 @pytest.mark.parametrize("size, quarter, sixteenth", [(769, 193, 49), (505, 127, 32), (513, 129, 33)])
-def test_eln_output_shapes_at_odd_sizes_and_the_eln_on_the_same_quarter_grid(eln50, size, quarter, sixteenth):
+def test_eln_output_shapes_at_odd_sizes_and_the_eln_on_the_same_quarter_grid(size, quarter, sixteenth):
     seg = ELNSegNet(19, encoder="resnet50").to("meta").eval()
     x = torch.empty(2, 3, size, size, device="meta")
     out = seg.forward_all(x, proj=True, keep_features=True)
