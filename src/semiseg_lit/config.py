@@ -129,6 +129,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    # deeplabv3plus (smp, any smp/timm encoder) | deeplabv3plus_ael (official AEL network, encoder
+    # resnet101s/resnet50s) | deeplabv3plus_eln (official ELN network, encoder resnet50/resnet101):
+    # models/reference_nets.py, README "Reference networks"
     arch: str = "deeplabv3plus"
     encoder: str = "resnet18"
     # "imagenet" is the documented choice for real experiments (needs the weights on disk or a
@@ -228,6 +231,9 @@ class ELNParityConfig:
     ignore_as_error: bool = False
     # student <- teacher (parameters and buffers) every N steps of stage 3; reference: 266 (§1)
     reset_every_steps: int | None = None
+    # method.eln.network=reference: the trunk's projection shortcuts stay randomly initialised after the
+    # ImageNet weights are loaded (the reference's BasicBlock names them `shortcut`, §2.3); reference: true
+    random_shortcuts: bool = False
 
 
 @dataclass
@@ -239,7 +245,10 @@ class ELNConfig:
     # Reference, VOC: 18620 / 13300; Cityscapes: 26600 / 15428.
     pretrain_steps: int = 18620
     eln_steps: int = 13300
-    # the ELN network (§2.3; models/eln_net.py)
+    # the ELN network (§2.3): smp (models/eln_net.py; image-resolution output, averaged over the 4x4
+    # cells of the teacher's 1/4 grid for pseudo labels) | reference (models/reference_nets.ReferenceELN,
+    # the official layers; native 1/4 output on the teacher's 1/4 grid; encoder resnet34 or resnet18)
+    network: str = "smp"
     encoder: str = "resnet34"
     encoder_weights: str | None = "imagenet"
     decoder_channels: int = 256

@@ -110,9 +110,10 @@ def unimatch_splits(tmp_path_factory, city_tree: Tree, voc_tree: Tree) -> Path:
 
 
 def smoke(root: Path, out: Path, n_labeled: int = 4) -> list[str]:
-    """Overrides that shrink a real-dataset experiment to a few CPU seconds."""
+    """Overrides that shrink a real-dataset experiment to a few CPU seconds (smp's small DeepLabV3+ in
+    place of the experiments' reference networks, which tests/models/test_reference_nets.py runs)."""
     return [
-        f"data.root={root}", "data.crop_size=64", "data.val_crop_size=64", "data.labeled_batch_size=4",
+        "model=deeplabv3plus", f"data.root={root}", "data.crop_size=64", "data.val_crop_size=64", "data.labeled_batch_size=4",
         "data.unlabeled_batch_size=4", "data.val_batch_size=4", "data.num_workers=0", f"data.n_labeled={n_labeled}",
         "model.encoder=resnet18", "model.encoder_weights=null", "model.decoder_channels=32", "model.aux_channels=32",
         "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.accelerator=cpu",
@@ -138,7 +139,8 @@ def test_experiment_has_the_reference_hyper_parameters(compose_cfg, name):
     assert d.n_labeled == n_labeled and cfg.trainer.max_steps == steps
     assert list(d.augment.scale_range) == [0.5, 2.0] and d.augment.hflip
     assert (d.labeled_batch_size, d.unlabeled_batch_size) == (16, 16)  # global: 2 + 2 per GPU × 8
-    assert (m.encoder, m.encoder_weights, m.output_stride, m.aux_head) == ("resnet101", "imagenet", 8, True)
+    arch, encoder = ("deeplabv3plus_ael", "resnet101s") if method == "ael" else ("deeplabv3plus", "resnet101")
+    assert (m.arch, m.encoder, m.encoder_weights, m.output_stride, m.aux_head) == (arch, encoder, "imagenet", 8, True)
     assert (o.loss.name, o.loss.ohem_thresh, o.loss.ohem_min_kept, o.loss.aux_weight) == ("ohem", 0.7, 100000, 0.4)
     assert (o.optim.name, o.optim.lr, o.optim.head_lr_mult, o.optim.weight_decay) == ("sgd", 0.01, 10.0, 1e-4)
     assert (o.optim.scheduler, o.optim.poly_power, o.optim.momentum) == ("poly", 0.9, 0.9)
@@ -469,7 +471,7 @@ ELN_REFERENCE = {
 def eln_smoke(root: Path, out: Path, n_labeled: int = 4) -> list[str]:
     """ELN experiments shrunk to CPU seconds: stage 1 = step 0, stage 2 = step 1, stage 3 from step 2."""
     return [*smoke(root, out, n_labeled), "data.crop_size=64", "data.augment.resize=null", "data.val_resize=null",
-            "method.eln.encoder=resnet18", "method.eln.encoder_weights=null", "method.eln.decoder_channels=32",
+            "method.eln.encoder=resnet18", "method.eln.encoder_weights=null",
             "method.eln.pretrain_steps=1", "method.eln.eln_steps=1", "trainer.max_steps=3",
             "trainer.val_check_interval=3", "trainer.log_every_n_steps=1", "model.projection_dim=16"]
 
@@ -484,11 +486,13 @@ def test_eln_experiment_has_the_reference_hyper_parameters(compose_cfg, name):
     d, m, o = cfg.data, cfg.model, cfg.method
     city = "cityscapes" in name
     assert (cfg.name, o.name, d.n_labeled) == (name, "eln", ELN_REFERENCE[name.split("_", 1)[1]])
-    assert (m.encoder, m.encoder_weights, m.output_stride) == ("resnet50" if city else "resnet101", "imagenet", 16)
+    assert (m.arch, m.encoder, m.encoder_weights, m.output_stride) == (
+        "deeplabv3plus_eln", "resnet50" if city else "resnet101", "imagenet", 16)
     assert list(m.atrous_rates) == [6, 12, 18] and m.projection_dim == 128 and m.decoder_channels == 256
     assert (o.optim.name, o.optim.lr, o.optim.backbone_lr_mult, o.optim.weight_decay, o.optim.scheduler) == (
         "adamw", 1e-4, 0.1, 1e-5, "constant")
     e = o.eln
+    assert e.network == "reference"
     assert (e.encoder, e.encoder_weights, e.threshold, e.ema_decay, e.temperature, e.n_crops, e.crop_size) == (
         "resnet34", "imagenet", 0.5, 0.995, 0.5, 8, 32)
     # stages in reference "epochs" of 266 steps: VOC 70 / 50, Cityscapes 100 / 58; 500 epochs in all

@@ -21,11 +21,15 @@ Design choices (see also the report in ``ELNConfig``):
   initialised, as in the reference (not copies of the main decoder). They read the *detached*
   encoder features of the student's own labeled forward pass (the reference re-runs the encoder under
   ``no_grad``; the values are the same, its BN statistics are updated once instead of twice);
+  with a reference network (``model=deeplabv3plus_eln``) they are fresh copies of its head
+  (``build_aux_decoder``: ASPP + decoder + classifier + the unused projector, as the reference);
 * the ELN is trained on the (detached) full-resolution logits of those forward passes, so the main
   decoder's dropout is on, as in the reference;
 * the unlabeled losses live on the 1/4-resolution grid of the projection head (as in the reference):
   the student's and teacher's 1/4 logits are the classifier conv on the decoder features (no ×4
-  upsampling); the ELN logits (image resolution) are averaged over each 4×4 cell of that grid;
+  upsampling); the ELN logits are, with ``method.eln.network=reference``, the reference ELN's native
+  1/4 output (the same grid, as the reference), else (smp ELN, image resolution) averaged over each
+  4×4 cell of that grid;
 * a gated-off aux decoder gets zero gradients (``torch.where``), not ``None``: AdamW keeps moving it
   by momentum / weight decay, which is what the reference does under PyTorch 1.11 (eln.md §5.2);
 * with DDP the modules unused in stages 1–2 (aux decoders, ELN, projection head) need
@@ -51,15 +55,17 @@ from torchmetrics.classification import BinaryAUROC, BinaryPrecision, BinaryReca
 
 from semiseg_lit.callbacks.ema_teacher import EMATeacher
 from semiseg_lit.data.labels import ClassInfo
+from semiseg_lit.data.transforms import crop_hw
 from semiseg_lit.methods.base import SegMethod
-from semiseg_lit.models.deeplab import SegmentationNet, SegOutput
+from semiseg_lit.models.deeplab import SegOutput
 from semiseg_lit.models.eln_net import ErrorLocalizationNet, dropout_disabled
+from semiseg_lit.models.reference_nets import ReferenceELN
 from semiseg_lit.ops.contrastive import pixel_contrastive_loss
 from semiseg_lit.ops.eln_targets import aux_decoder_gate, balanced_bce_loss, eln_pseudo_labels, eln_targets
 from semiseg_lit.ops.losses import class_argmax
 from semiseg_lit.ops.sliding_window import center_crop
 
-__all__ = ["AuxDecoder", "ELNMethod", "eln_stage", "freeze_bn_affine_", "kept_rejected_accuracy",
+__all__ = ["AuxDecoder", "ELNMethod", "build_eln_network", "eln_stage", "freeze_bn_affine_", "kept_rejected_accuracy",
            "masked_cross_entropy", "quarter_grid", "quarter_logits", "stage_warnings", "training_mode"]
 
 
@@ -114,16 +120,19 @@ def quarter_grid(x: Tensor, size: Sequence[int]) -> Tensor:
     return F.avg_pool2d(x, 4)
 
 
-def quarter_logits(net: SegmentationNet, out: SegOutput) -> Tensor:
+def quarter_logits(net: nn.Module, out: SegOutput) -> Tensor:
     """Class logits on the 1/4-resolution grid ``[B,C,h,w]`` of ``out.proj`` (eln.md §4.2: the pseudo-label
-    CE and the contrastive loss use the decoder's own 1/4 resolution): the classifier conv of
-    ``net.segmentation_head`` applied to ``out.decoder_features`` without the ×4 upsampling."""
+    CE and the contrastive loss use the decoder's own 1/4 resolution): the reference networks' native
+    logits (``out.native_logits``), else the classifier conv of ``net.segmentation_head`` applied to
+    ``out.decoder_features`` without the ×4 upsampling."""
     if out.decoder_features is None or out.proj is None:
         raise ValueError("quarter_logits needs forward_all(..., proj=True, keep_features=True) outputs")
+    h, w = out.proj.shape[-2:]
+    if out.native_logits is not None:
+        return out.native_logits[..., :h, :w]
     conv = net.segmentation_head[0]
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"segmentation_head[0] is {type(conv).__name__}, expected the classifier Conv2d")
-    h, w = out.proj.shape[-2:]
     return conv(out.decoder_features)[..., :h, :w]
 
 
@@ -189,6 +198,27 @@ class AuxDecoder(nn.Module):
         return z[..., : int(size[0]), : int(size[1])]
 
 
+def build_eln_network(e: DictConfig, num_classes: int) -> nn.Module:
+    """The ELN of ``method.eln.network``: ``smp`` (:class:`ErrorLocalizationNet`) or ``reference``
+    (:class:`~semiseg_lit.models.reference_nets.ReferenceELN`, the official layers)."""
+    network = e.get("network", "smp")
+    if network == "reference":
+        if e.first_conv_init != "reset":
+            raise ValueError(f"method.eln.first_conv_init={e.first_conv_init!r}: method.eln.network=reference "
+                             "always replaces the stem conv by a fresh one (reset), as the reference")
+        if int(e.decoder_channels) != 256:
+            raise ValueError(f"method.eln.decoder_channels={e.decoder_channels}: method.eln.network=reference "
+                             "has 256-channel heads")
+        return ReferenceELN(num_classes, encoder=e.encoder, encoder_weights=e.encoder_weights,
+                            aspp_dropout=float(e.aspp_dropout),
+                            random_shortcuts=bool(e.parity.get("random_shortcuts", False)))
+    if network != "smp":
+        raise ValueError(f"method.eln.network={network!r}: expected 'smp' or 'reference'")
+    return ErrorLocalizationNet(num_classes, encoder_name=e.encoder, encoder_weights=e.encoder_weights,
+                                decoder_channels=int(e.decoder_channels), aspp_dropout=float(e.aspp_dropout),
+                                first_conv_init=e.first_conv_init)
+
+
 # ----------------------------------------------------------------------------------------- method
 class ELNMethod(SegMethod):
     """Student + teacher (EMA) DeepLabV3+ with projection head, K aux decoders and an ELN (module docstring)."""
@@ -222,16 +252,27 @@ class ELNMethod(SegMethod):
         if reset is not None and int(reset) < 1:
             raise ValueError(f"method.eln.parity.reset_every_steps={reset}: expected null or >= 1")
         m = cfg.model
-        self.aux_decoders = nn.ModuleList([
-            AuxDecoder(self.student.encoder.out_channels, self.num_classes, int(m.decoder_channels),
-                       tuple(m.atrous_rates), int(m.output_stride), bool(m.aspp_separable),
-                       float(m.aspp_dropout))
-            for _ in factors])
+        if hasattr(self.student, "build_aux_decoder"):  # reference networks: fresh heads of their own kind
+            self.aux_decoders = nn.ModuleList([self.student.build_aux_decoder() for _ in factors])
+        else:
+            self.aux_decoders = nn.ModuleList([
+                AuxDecoder(self.student.encoder.out_channels, self.num_classes, int(m.decoder_channels),
+                           tuple(m.atrous_rates), int(m.output_stride), bool(m.aspp_separable),
+                           float(m.aspp_dropout))
+                for _ in factors])
         self.register_buffer("gate_factors", torch.tensor(factors), persistent=False)
-        self.eln = ErrorLocalizationNet(
-            self.num_classes, encoder_name=e.encoder, encoder_weights=e.encoder_weights,
-            decoder_channels=int(e.decoder_channels), aspp_dropout=float(e.aspp_dropout),
-            first_conv_init=e.first_conv_init)
+        self.eln = build_eln_network(e, self.num_classes)
+        # the reference ELN answers on the 1/4 grid of the teacher's native logits; the smp ELN at the
+        # image resolution, averaged over the 4x4 cells of that grid (quarter_grid)
+        self.eln_native = e.get("network", "smp") == "reference"
+        if hasattr(self.student, "quarter_size"):  # reference networks: is their 1/4 grid the ELN's?
+            crop = crop_hw(cfg.data.crop_size)
+            grid, eln_grid = tuple(self.student.quarter_size(n) for n in crop), tuple(-(-n // 4) for n in crop)
+            if grid != eln_grid:
+                raise ValueError(
+                    f"data.crop_size={list(crop)}: the native 1/4 grid of model.arch={cfg.model.arch} is {grid}, the "
+                    f"ELN's is {eln_grid} (ceil(n/4)), so the ELN map cannot be aligned with the pseudo labels. "
+                    "Use crop sides n with n % 4 in (1, 2) (e.g. 769, 513) or model=deeplabv3plus_eln")
         if e.parity.freeze_bn_affine:
             freeze_bn_affine_(self.student)
             freeze_bn_affine_(self.aux_decoders)
@@ -323,23 +364,32 @@ class ELNMethod(SegMethod):
         """Class-balanced BCE of the ELN (train mode, dropout on) on one (detached) prediction, eln.md §3."""
         t, valid = eln_targets(pred_logits, target, self.ignore_index,
                                ignore_as_error=bool(self.e.parity.ignore_as_error))
-        return balanced_bce_loss(self.eln(images, pred_logits), t, valid)
+        # reference ELN: its native 1/4 map, upsampled to the label size inside the loss (as the reference)
+        e = self.eln(images, pred_logits, native=True) if self.eln_native else self.eln(images, pred_logits)
+        return balanced_bce_loss(e, t, valid)
 
     @torch.no_grad()
     def pseudo_labels(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Teacher + ELN on the weak view (eln.md §4.2), dropout off, BN mode from the config.
 
         Returns ``(labels, keep, yhat, teacher_proj)`` on the 1/4 grid: ``yhat = argmax z_t``,
-        ``keep = sigmoid(ELN) > threshold`` (ELN logits averaged per 4×4 cell), ``labels = ŷ`` where
-        kept else ignore.
+        ``keep = sigmoid(ELN) > threshold`` (reference ELN: its native 1/4 output, on the same grid;
+        smp ELN: its logits averaged per 4×4 cell), ``labels = ŷ`` where kept else ignore.
         """
         with training_mode(self.teacher, bool(self.e.teacher_train_mode)), dropout_disabled(self.teacher):
             t = self.teacher.forward_all(images, proj=True, keep_features=True)
         z_q = quarter_logits(self.teacher, t)
+        h, w = z_q.shape[-2:]
         with training_mode(self.eln, bool(self.e.eln_train_mode)):
-            e = self.eln(images, t.logits, clean=True)
-        labels, keep = eln_pseudo_labels(z_q, quarter_grid(e, z_q.shape[-2:]), float(self.e.threshold),
-                                         self.ignore_index)
+            if self.eln_native:
+                e = self.eln(images, t.logits, clean=True, native=True)
+                if tuple(e.shape[-2:]) != (h, w):
+                    raise RuntimeError(f"ELN native output {tuple(e.shape[-2:])} is not on the teacher's 1/4 grid "
+                                       f"{(h, w)}; use a reference segmentation network (model=deeplabv3plus_eln) "
+                                       "or method.eln.network=smp")
+            else:
+                e = quarter_grid(self.eln(images, t.logits, clean=True), (h, w))
+        labels, keep = eln_pseudo_labels(z_q, e, float(self.e.threshold), self.ignore_index)
         return labels, keep, class_argmax(z_q), t.proj
 
     def compute_losses(self, batch: dict, step: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

@@ -49,13 +49,16 @@ class ProjectionHead(nn.Sequential):
 @dataclass
 class SegOutput:
     """Network outputs. ``logits`` and ``aux`` are at the input resolution; ``proj`` and
-    ``decoder_features`` at 1/4 of it; ``features`` are the encoder stages (for aux decoders)."""
+    ``decoder_features`` at 1/4 of it; ``features`` are the encoder stages (for aux decoders);
+    ``native_logits``: the classifier's output before upsampling (1/4 resolution), set with
+    ``keep_features`` by the reference networks (``models/reference_nets.py``)."""
 
     logits: torch.Tensor
     aux: torch.Tensor | None = None
     proj: torch.Tensor | None = None
     decoder_features: torch.Tensor | None = None
     features: list[torch.Tensor] | None = None
+    native_logits: torch.Tensor | None = None
 
 
 def read_weights_file(path: str | Path, missing_error: type[Exception] = FileNotFoundError,
@@ -178,10 +181,14 @@ class SegmentationNet(nn.Module):
         return self.forward_all(x).logits
 
 
-def build_segmentation_net(model_cfg, num_classes: int) -> SegmentationNet:
-    """Build from the ``model`` config node (``config.ModelConfig``)."""
+def build_segmentation_net(model_cfg, num_classes: int) -> nn.Module:
+    """Build from the ``model`` config node (``config.ModelConfig``): ``model.arch=deeplabv3plus`` is
+    smp's DeepLabV3+ (:class:`SegmentationNet`); ``deeplabv3plus_ael`` / ``deeplabv3plus_eln`` are the
+    official networks of the papers (:mod:`semiseg_lit.models.reference_nets`)."""
     if model_cfg.arch != "deeplabv3plus":
-        raise ValueError(f"model.arch={model_cfg.arch!r}: only 'deeplabv3plus' is available")
+        from semiseg_lit.models.reference_nets import build_reference_net
+
+        return build_reference_net(model_cfg, num_classes)
     return SegmentationNet(
         num_classes=num_classes, encoder=model_cfg.encoder, encoder_weights=model_cfg.encoder_weights,
         output_stride=int(model_cfg.output_stride), decoder_channels=int(model_cfg.decoder_channels),

@@ -34,6 +34,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from semiseg_lit.models.deeplab import SegmentationNet
+from semiseg_lit.models.reference_nets import ReferenceSegNet
 from semiseg_lit.tasks.predict import InferenceModel, load_inference_model
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,16 @@ class ExportableNet(nn.Module):
     exported graph stays valid for every H, W: pad bottom/right to a multiple of the encoder stride
     (possibly by 0), run, crop back."""
 
-    def __init__(self, net: SegmentationNet):
+    def __init__(self, net: SegmentationNet | ReferenceSegNet):
         super().__init__()
-        if not isinstance(net, SegmentationNet):
-            raise ExportError(f"the evaluation network is a {type(net).__name__}; export supports SegmentationNet")
+        if not isinstance(net, (SegmentationNet, ReferenceSegNet)):
+            raise ExportError(f"the evaluation network is a {type(net).__name__}; export supports SegmentationNet "
+                              "and the reference networks")
         self.net = net
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.net, ReferenceSegNet):  # any input size, no padding, no size branches
+            return self.net(image)
         h, w = image.shape[-2], image.shape[-1]
         d = self.net.size_divisor
         x = F.pad(image, (0, (-w) % d, 0, (-h) % d))
