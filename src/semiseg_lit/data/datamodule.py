@@ -37,6 +37,7 @@ from semiseg_lit.data.transforms import (
     build_transforms,
     crop_hw,
 )
+from semiseg_lit.ops.sliding_window import center_crop
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,19 @@ def pad_collate(items: list[dict[str, Any]], ignore_index: int = 255) -> dict[st
             F.pad(it["mask"], (0, w - it["mask"].shape[-1], 0, h - it["mask"].shape[-2]), value=ignore_index)
             for it in items])
     return out
+
+
+def center_crop_collate(items: list[dict[str, Any]], crop: tuple[int, int], label_pad_value: int = 255,
+                        ignore_index: int = 255) -> dict[str, Any]:
+    """Collate for ``val_mode=center_crop``: every sample is centre-cropped to ``crop`` on its own first
+    (a smaller side padded symmetrically: image 0, label ``label_pad_value``), as the AEL reference's
+    validation transform does per image (ael.md §8); with ``label_pad_value=0`` the padding of VOC's
+    images (all smaller than 513) counts as background in the mIoU, as it does there."""
+    cropped = []
+    for it in items:
+        image, mask = center_crop(it["image"][None], it["mask"][None], crop, label_pad_value=label_pad_value)
+        cropped.append({**it, "image": image[0], "mask": mask[0]})
+    return pad_collate(cropped, ignore_index=ignore_index)
 
 
 def synthscapes_labeled_counts(n_train: int) -> tuple[int, ...]:
@@ -133,9 +147,12 @@ class SemiSegDataModule(pl.LightningDataModule):
         seed: the run's seed (streams and augmentations derive from it).
         streams: training streams the method consumes, e.g. ``("labeled",)`` or
             ``("labeled", "unlabeled")`` or ``("labeled", "unlabeled", "partner")``.
+        eval_mode: the evaluation protocol when it differs from ``cfg.val_mode`` (``eval.mode``); with
+            ``center_crop`` the validation samples are centre-cropped one by one (``center_crop_collate``).
     """
 
-    def __init__(self, cfg: DictConfig, seed: int = 0, streams: tuple[str, ...] = ("labeled",)):
+    def __init__(self, cfg: DictConfig, seed: int = 0, streams: tuple[str, ...] = ("labeled",),
+                 eval_mode: str | None = None):
         super().__init__()
         unknown = set(streams) - set(STREAM_IDS)
         if unknown:
@@ -144,6 +161,7 @@ class SemiSegDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self.streams = tuple(streams)
         self.class_info = resolve_class_info(cfg)
+        self.eval_mode = eval_mode or str(cfg.val_mode)
         self.partition: Partition | None = None
         self._datasets: dict[str, Dataset] = {}
 
@@ -394,10 +412,14 @@ class SemiSegDataModule(pl.LightningDataModule):
         rank, world = self._world()
         kwargs = self._loader_kwargs()
         kwargs["persistent_workers"] = False
+        collate = functools.partial(pad_collate, ignore_index=int(self.cfg.ignore_index))
+        if self.eval_mode == "center_crop":
+            crop = crop_hw(self.cfg.val_crop_size if self.cfg.val_crop_size is not None else self.cfg.crop_size,
+                           "data.val_crop_size")
+            collate = functools.partial(center_crop_collate, crop=crop, label_pad_value=int(self.cfg.val_pad_label),
+                                        ignore_index=int(self.cfg.ignore_index))
         return DataLoader(dataset, batch_size=max(1, int(self.cfg.val_batch_size) // world),
-                          sampler=ShardSampler(len(dataset), rank, world),
-                          collate_fn=functools.partial(pad_collate, ignore_index=int(self.cfg.ignore_index)),
-                          **kwargs)
+                          sampler=ShardSampler(len(dataset), rank, world), collate_fn=collate, **kwargs)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
