@@ -275,8 +275,8 @@ def test_a_changed_preset_fails_the_comparison(compose_cfg, override, key):
 CLEAN_AEL = {"data.augment.pad_label": 255, "data.augment.scale_sampling": "uniform", "method.ael.bank_sync": True,
              "method.ael.cutmix_bank_sync": True, "method.ael.sampling_shared_noise": False}
 CLEAN_VOC = {"method.ael.copy_paste_ignore_classes": None, "data.val_mode": "whole", "data.val_pad_label": 255}
-CLEAN_ELN = {"method.eln.parity.freeze_bn_affine": False, "method.eln.parity.ignore_as_error": False,
-             "method.eln.parity.reset_every_steps": None}
+# (the ELN reset every 266 steps stays: the author's intent, SSL_ELN #1)
+CLEAN_ELN = {"method.eln.parity.freeze_bn_affine": False, "method.eln.parity.ignore_as_error": False}
 
 
 @pytest.mark.parametrize("name", ["ael_cityscapes_1_8", "ael_voc_blend_1_4", "supervised_voc_92", "eln_voc_blend_1_8",
