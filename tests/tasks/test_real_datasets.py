@@ -270,10 +270,13 @@ TRAIN_CASES = {
     "cityscapes_trainids_ael_unimatch_lists": (
         "ael_cityscapes_1_8", "city_tree",
         ["data.labeled_list={splits}/cityscapes/1_8/labeled.txt",
-         "data.unlabeled_list={splits}/cityscapes/1_8/unlabeled.txt"], CITYSCAPES.names),
+         "data.unlabeled_list={splits}/cityscapes/1_8/unlabeled.txt", "method.ael.virtual_ranks=1"],
+        CITYSCAPES.names),
     "cityscapes_labelids_supervised": ("supervised_cityscapes_1_16", "city_labelids_tree", [FAST], CITYSCAPES.names),
     # parity=clean: whole-image validation, the protocol task=eval data=voc uses below
-    "voc_aug_ael_blended": ("ael_voc_blend_1_8", "voc_tree", [FAST, "parity=clean"], VOC.names),
+    # (virtual_ranks=1: the smoke batch of 4 is not split into the reference's 8 groups)
+    "voc_aug_ael_blended": ("ael_voc_blend_1_8", "voc_tree", [FAST, "parity=clean", "method.ael.virtual_ranks=1"],
+                            VOC.names),
     "voc_palette_supervised": ("supervised_voc_92", "voc_tree",
                                ["data.voc_mask_dir=SegmentationClass", "data.train_split=train", FAST,
                                 "parity=clean"], VOC.names),
