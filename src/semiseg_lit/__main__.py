@@ -1,8 +1,8 @@
 """Command-line entry: ``python -m semiseg_lit [+experiment=NAME] [key=value ...]``.
 
-Dispatches on ``task`` (train | eval | predict | export | check_data). The config directory is the package's
-``conf/`` (a copy of the repository's ``conf/`` inside wheels), found relative to this file so it
-works from a source checkout, an editable install and an installed wheel alike.
+Dispatches on ``task`` (train | eval | predict | export | check_data | report). The config directory
+is the package's ``conf/`` (a copy of the repository's ``conf/`` inside wheels), found relative to this
+file so it works from a source checkout, an editable install and an installed wheel alike.
 """
 
 from __future__ import annotations

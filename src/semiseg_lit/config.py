@@ -115,6 +115,9 @@ class DataConfig:
     val_crop_size: Any = None
     # resize val images AND labels to [H, W] before evaluation (ELN's VOC protocol: [505, 505])
     val_resize: list[int] | None = None
+    # label of the padding that val_mode=center_crop adds around images smaller than the crop
+    # (255 = ignore); 0 = the AEL reference's VOC validation, where padding counts as background (ael.md §8)
+    val_pad_label: int = 255
     # read and check files before training: labeled (every labeled mask: size, values; every val
     # image / mask header: readable, same size) | all (every file fully) | none
     check_before_training: str = "labeled"
@@ -277,6 +280,9 @@ class ELNConfig:
     # validation: ELN error-detection precision / recall / AUROC (bounded-memory AUROC bins)
     val_metrics: bool = True
     val_auroc_thresholds: int = 200
+    # stage 3: validate the other network too (student and teacher, as the official code logs both,
+    # eln.md §6); ``val/miou`` and best.ckpt follow ``method.eval_model``
+    val_both_networks: bool = True
     parity: ELNParityConfig = field(default_factory=ELNParityConfig)
 
 
@@ -424,11 +430,28 @@ class ExportConfig:
 
 
 @dataclass
+class ReferenceConfig:
+    """What a reference experiment reproduces (set by ``conf/experiment/<ael|eln|supervised>_<dataset>_*``).
+    A run whose global batch differs from these, or that accumulates gradients, gets a loud warning naming
+    the key (``tasks/common.warn_reference_overrides``)."""
+
+    # the official run, e.g. "hzhupku/SemiSeg-AEL train.py, 8 GPUs x (2 labeled + 1 mixed unlabeled)"
+    source: str = ""
+    labeled_batch_size: int = 0
+    unlabeled_batch_size: int | None = None  # null: the method reads no unlabeled stream
+
+
+@dataclass
 class RootConfig:
     task: str = "train"
     seed: int = 0
     ckpt_path: str | None = None
     name: str = "${method.name}_${data.name}"
+    # reference | clean: the reference experiments write their deliberate-difference rows as
+    # ${parity:<official value>,<clean value>} (README "Deliberate differences"); this one key picks the column
+    parity: str = "reference"
+    # the official run a reference experiment reproduces (null for every other experiment)
+    reference: ReferenceConfig | None = None
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -445,7 +468,18 @@ class RootConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
 
 
-TASKS = ("train", "eval", "check_data", "predict", "export")
+TASKS = ("train", "eval", "check_data", "predict", "export", "report")
+PARITY_MODES = ("reference", "clean")
+
+
+def parity_value(reference: Any, clean: Any, *, _root_: Any) -> Any:
+    """``${parity:A,B}``: ``A`` (the official code's behaviour) when the root key ``parity`` is
+    ``reference``, ``B`` (the deliberate fix) when it is ``clean``."""
+    mode = _root_.get("parity", "reference")
+    if mode not in PARITY_MODES:
+        raise ValueError(f"parity={mode!r}: expected one of {', '.join(PARITY_MODES)} (reference = the official "
+                         "code's behaviour, clean = the deliberate fixes; README 'Deliberate differences')")
+    return reference if mode == "reference" else clean
 
 
 def check_schema(cfg: Any) -> None:
@@ -464,6 +498,8 @@ def check_schema(cfg: Any) -> None:
 
 def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore (called once before ``hydra.main``)."""
+    if not OmegaConf.has_resolver("parity"):
+        OmegaConf.register_new_resolver("parity", parity_value)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=RootConfig)
     cs.store(group="paths", name="base_paths", node=PathsConfig)

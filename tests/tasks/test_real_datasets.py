@@ -63,6 +63,9 @@ REFERENCE = {
     "cityscapes_1_2": (1488, 18_600), "voc_92": (92, 52_480), "voc_183": (183, 52_000), "voc_366": (366, 51_040),
     "voc_732": (732, 49_280), "voc_1464": (1464, 45_600), "voc_blend_1_16": (662, 49_600),
     "voc_blend_1_8": (1323, 46_320), "voc_blend_1_4": (2646, 39_680),
+    # the paper's other columns: Cityscapes 1/32 N_unl=2882: 361 -> 180 -> 36,000; VOC blended 1/32
+    # 10251: 1282 -> 641 -> 51,280; 1/2 5291: 662 -> 331 -> 26,480
+    "cityscapes_1_32": (93, 36_000), "voc_blend_1_32": (331, 51_280), "voc_blend_1_2": (5291, 26_480),
 }  # fmt: skip
 HAS_LABELED_SPLIT = "labeled_split" in {f.name for f in fields(DataConfig)}
 
@@ -138,7 +141,8 @@ def test_experiment_has_the_reference_hyper_parameters(compose_cfg, name):
     assert (cfg.name, d.dataset, cfg.method.name) == (name, dataset, method)
     assert d.n_labeled == n_labeled and cfg.trainer.max_steps == steps
     assert list(d.augment.scale_range) == [0.5, 2.0] and d.augment.hflip
-    assert (d.labeled_batch_size, d.unlabeled_batch_size) == (16, 16)  # global: 2 + 2 per GPU × 8
+    # global: 2 labeled + 1 kept unlabeled per GPU × 8 (tests/test_presets.py has the full official table)
+    assert (d.labeled_batch_size, d.unlabeled_batch_size) == (16, 8 if method == "ael" else 16)
     arch, encoder = ("deeplabv3plus_ael", "resnet101s") if method == "ael" else ("deeplabv3plus", "resnet101")
     assert (m.arch, m.encoder, m.encoder_weights, m.output_stride, m.aux_head) == (arch, encoder, "imagenet", 8, True)
     assert (o.loss.name, o.loss.ohem_thresh, o.loss.ohem_min_kept, o.loss.aux_weight) == ("ohem", 0.7, 100000, 0.4)
@@ -148,7 +152,8 @@ def test_experiment_has_the_reference_hyper_parameters(compose_cfg, name):
         assert (d.num_classes, d.crop_size, d.val_mode, d.val_crop_size) == (19, 769, "sliding", 769)
         assert list(d.stuff_classes) == [0, 1, 2, 8, 10] and d.train_split == "train"
     else:
-        assert (d.num_classes, d.crop_size, d.val_mode) == (21, 513, "whole")
+        # the reference's in-training check: 513 centre crop, padding = background (parity=clean: whole)
+        assert (d.num_classes, d.crop_size, d.val_mode, d.val_pad_label) == (21, 513, "center_crop", 0)
         assert list(d.stuff_classes) == [0] and d.train_split == "train_aug"
     if method == "ael":
         a = o.ael
@@ -267,11 +272,16 @@ TRAIN_CASES = {
     "cityscapes_trainids_ael_unimatch_lists": (
         "ael_cityscapes_1_8", "city_tree",
         ["data.labeled_list={splits}/cityscapes/1_8/labeled.txt",
-         "data.unlabeled_list={splits}/cityscapes/1_8/unlabeled.txt"], CITYSCAPES.names),
+         "data.unlabeled_list={splits}/cityscapes/1_8/unlabeled.txt", "method.ael.virtual_ranks=1"],
+        CITYSCAPES.names),
     "cityscapes_labelids_supervised": ("supervised_cityscapes_1_16", "city_labelids_tree", [FAST], CITYSCAPES.names),
-    "voc_aug_ael_blended": ("ael_voc_blend_1_8", "voc_tree", [FAST], VOC.names),
+    # parity=clean: whole-image validation, the protocol task=eval data=voc uses below
+    # (virtual_ranks=1: the smoke batch of 4 is not split into the reference's 8 groups)
+    "voc_aug_ael_blended": ("ael_voc_blend_1_8", "voc_tree", [FAST, "parity=clean", "method.ael.virtual_ranks=1"],
+                            VOC.names),
     "voc_palette_supervised": ("supervised_voc_92", "voc_tree",
-                               ["data.voc_mask_dir=SegmentationClass", "data.train_split=train", FAST], VOC.names),
+                               ["data.voc_mask_dir=SegmentationClass", "data.train_split=train", FAST,
+                                "parity=clean"], VOC.names),
 }
 
 
@@ -460,11 +470,11 @@ def test_flat_folder_needs_split_subfolders_or_split_lists(compose_cfg, tmp_path
 
 ELN_EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("eln_*.yaml")
                          if "synthscapes" not in p.stem)
-# eln.md §5: labeled counts (Cityscapes: the ELN code's floor(2975 × split); VOC: the blended counts of
-# the AEL experiments, 1/20 = the ELN code's 530), stage steps = epochs × 266
+# eln.md §5: labeled counts of the ELN code's lists (floor(N × split), +1 when % 8 == 1: Cityscapes
+# 371/743/1487, VOC 1/20 530, 1/8 1322, 1/4 2645; 1/16, not in the ELN lists: AEL's 662), stage steps = epochs × 266
 ELN_REFERENCE = {
     "cityscapes_1_8": 371, "cityscapes_1_4": 743, "cityscapes_1_2": 1487,
-    "voc_blend_1_20": 530, "voc_blend_1_16": 662, "voc_blend_1_8": 1323, "voc_blend_1_4": 2646,
+    "voc_blend_1_20": 530, "voc_blend_1_16": 662, "voc_blend_1_8": 1322, "voc_blend_1_4": 2645,
 }  # fmt: skip
 
 
@@ -473,7 +483,8 @@ def eln_smoke(root: Path, out: Path, n_labeled: int = 4) -> list[str]:
     return [*smoke(root, out, n_labeled), "data.crop_size=64", "data.augment.resize=null", "data.val_resize=null",
             "method.eln.encoder=resnet18", "method.eln.encoder_weights=null",
             "method.eln.pretrain_steps=1", "method.eln.eln_steps=1", "trainer.max_steps=3",
-            "trainer.val_check_interval=3", "trainer.log_every_n_steps=1", "model.projection_dim=16"]
+            "trainer.val_check_interval=3", "trainer.log_every_n_steps=1", "model.projection_dim=16",
+            "trainer.precision=32-true"]  # the experiments' 16-mixed is bf16 on a CPU: slow there
 
 
 def test_eln_experiments_exist_for_every_published_partition():
@@ -542,3 +553,6 @@ def test_eln_experiment_runs_the_three_stages_on_a_real_tree(compose_cfg, reques
     rows = (out / "csv" / "metrics.csv").read_text()
     for term in ("train/eln", "train/pl_weak", "train/con_strong"):  # stage 2 and 3 losses were logged
         assert term in rows, term
+    # stage 3: student and teacher validated (val/miou = the evaluated student), best entry at that step
+    assert "val/miou_student" in rows and "val/miou_teacher" in rows
+    assert metrics["best"]["step"] == 3 and metrics["best"]["evaluated_model"] == "student"

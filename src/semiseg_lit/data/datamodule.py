@@ -39,6 +39,7 @@ from semiseg_lit.data.transforms import (
     build_transforms,
     crop_hw,
 )
+from semiseg_lit.ops.sliding_window import center_crop
 from semiseg_lit.ops.virtual_ranks import groups_per_device
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,19 @@ def pad_collate(items: list[dict[str, Any]], ignore_index: int = 255) -> dict[st
             F.pad(it["mask"], (0, w - it["mask"].shape[-1], 0, h - it["mask"].shape[-2]), value=ignore_index)
             for it in items])
     return out
+
+
+def center_crop_collate(items: list[dict[str, Any]], crop: tuple[int, int], label_pad_value: int = 255,
+                        ignore_index: int = 255) -> dict[str, Any]:
+    """Collate for ``val_mode=center_crop``: every sample is centre-cropped to ``crop`` on its own first
+    (a smaller side padded symmetrically: image 0, label ``label_pad_value``), as the AEL reference's
+    validation transform does per image (ael.md §8); with ``label_pad_value=0`` the padding of VOC's
+    images (all smaller than 513) counts as background in the mIoU, as it does there."""
+    cropped = []
+    for it in items:
+        image, mask = center_crop(it["image"][None], it["mask"][None], crop, label_pad_value=label_pad_value)
+        cropped.append({**it, "image": image[0], "mask": mask[0]})
+    return pad_collate(cropped, ignore_index=ignore_index)
 
 
 def synthscapes_labeled_counts(n_train: int) -> tuple[int, ...]:
@@ -139,10 +153,12 @@ class SemiSegDataModule(pl.LightningDataModule):
         virtual_ranks: GPUs the method emulates in all (``method.ael.virtual_ranks``; 1 = one per device).
         sync_batchnorm: ``trainer.sync_batchnorm``: BatchNorm sees the batch of all devices, so a
             device may hold a single image of a stream.
+        eval_mode: the evaluation protocol when it differs from ``cfg.val_mode`` (``eval.mode``); with
+            ``center_crop`` the validation samples are centre-cropped one by one (``center_crop_collate``).
     """
 
     def __init__(self, cfg: DictConfig, seed: int = 0, streams: tuple[str, ...] = ("labeled",),
-                 virtual_ranks: int = 1, sync_batchnorm: bool = False):
+                 virtual_ranks: int = 1, sync_batchnorm: bool = False, eval_mode: str | None = None):
         super().__init__()
         unknown = set(streams) - set(STREAM_IDS)
         if unknown:
@@ -152,6 +168,7 @@ class SemiSegDataModule(pl.LightningDataModule):
         self.streams = tuple(streams)
         self.virtual_ranks, self.sync_batchnorm = int(virtual_ranks), bool(sync_batchnorm)
         self.class_info = resolve_class_info(cfg)
+        self.eval_mode = eval_mode or str(cfg.val_mode)
         self.partition: Partition | None = None
         self._datasets: dict[str, Dataset] = {}
 
@@ -547,10 +564,14 @@ class SemiSegDataModule(pl.LightningDataModule):
         rank, world = self._world()
         kwargs = self._loader_kwargs()
         kwargs["persistent_workers"] = False
+        collate = functools.partial(pad_collate, ignore_index=int(self.cfg.ignore_index))
+        if self.eval_mode == "center_crop":
+            crop = crop_hw(self.cfg.val_crop_size if self.cfg.val_crop_size is not None else self.cfg.crop_size,
+                           "data.val_crop_size")
+            collate = functools.partial(center_crop_collate, crop=crop, label_pad_value=int(self.cfg.val_pad_label),
+                                        ignore_index=int(self.cfg.ignore_index))
         return DataLoader(dataset, batch_size=max(1, int(self.cfg.val_batch_size) // world),
-                          sampler=ShardSampler(len(dataset), rank, world),
-                          collate_fn=functools.partial(pad_collate, ignore_index=int(self.cfg.ignore_index)),
-                          **kwargs)
+                          sampler=ShardSampler(len(dataset), rank, world), collate_fn=collate, **kwargs)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()

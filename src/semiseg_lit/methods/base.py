@@ -68,6 +68,9 @@ class SegMethod(pl.LightningModule):
         self.val_confusion = MulticlassConfusionMatrix(self.num_classes, ignore_index=self.ignore_index,
                                                        validate_args=False)
         self.last_scores: dict[str, Any] | None = None
+        # best validation of the evaluated network during fit (by val/miou, as best.ckpt): miou,
+        # pixel_acc, per_class_iou, step; kept in checkpoints (a resumed run continues the record)
+        self.best_scores: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ building
     def build_network(self) -> SegmentationNet:
@@ -148,7 +151,7 @@ class SegMethod(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         images, masks = batch["image"], batch["mask"]
         if (self.cfg.eval.mode or self.cfg.data.val_mode) == "center_crop":
-            images, masks = center_crop(images, masks, self.val_crop())
+            images, masks = center_crop(images, masks, self.val_crop(), int(self.cfg.data.val_pad_label))
         probs = self.predict_probs(images)
         self.val_confusion.update(class_argmax(probs), masks)
 
@@ -157,6 +160,7 @@ class SegMethod(pl.LightningModule):
         self.val_confusion.reset()
         scores = segmentation_scores(cm, head=self.class_info.head, tail=self.class_info.tail)
         self.last_scores = scores
+        self.track_best(scores)
         metrics = {"val/miou": scores["miou"], "val/pixel_acc": scores["pixel_acc"]}
         if "head_miou" in scores:
             metrics["val/head_miou"] = scores["head_miou"]
@@ -168,6 +172,23 @@ class SegMethod(pl.LightningModule):
         miou = metrics.pop("val/miou")
         self.log("val/miou", torch.as_tensor(miou, dtype=torch.float32), prog_bar=True)
         self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()})
+
+    def track_best(self, scores: dict[str, Any]) -> None:
+        """Keep the scores of the best validation during ``fit`` (highest mIoU; the first of equals),
+        the same selection as ``checkpoints/best.ckpt`` (monitor ``val/miou``, mode max). One host
+        sync per validation. Validations outside fit (the final evaluation, ``task=eval``) never count."""
+        trainer = self._trainer
+        if trainer is None or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        miou = float(scores["miou"])
+        if self.best_scores is None or miou > self.best_scores["miou"]:
+            extra = {k: float(scores[k]) for k in ("head_miou", "tail_miou", "mean_acc") if k in scores}
+            self.best_scores = {"miou": miou, "pixel_acc": float(scores["pixel_acc"]),
+                                "per_class_iou": [float(v) for v in scores["per_class_iou"]],
+                                "step": int(self.global_step), **extra}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_scores = checkpoint.get("best_val_scores")
 
     # ------------------------------------------------------------------ checks
     def track_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int) -> None:
@@ -191,6 +212,7 @@ class SegMethod(pl.LightningModule):
         self.raise_if_nonfinite()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["best_val_scores"] = self.best_scores
         # local check only: a checkpoint may be written by one rank alone (no collective here)
         self.raise_if_nonfinite(gather=False)
 

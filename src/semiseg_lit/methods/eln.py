@@ -51,7 +51,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from segmentation_models_pytorch.base import SegmentationHead
 from segmentation_models_pytorch.decoders.deeplabv3.decoder import DeepLabV3PlusDecoder
 from torch import Tensor, nn
-from torchmetrics.classification import BinaryAUROC, BinaryPrecision, BinaryRecall
+from torchmetrics.classification import BinaryAUROC, BinaryPrecision, BinaryRecall, MulticlassConfusionMatrix
 
 from semiseg_lit.callbacks.ema_teacher import EMATeacher
 from semiseg_lit.data.labels import ClassInfo
@@ -63,7 +63,8 @@ from semiseg_lit.models.reference_nets import ReferenceELN
 from semiseg_lit.ops.contrastive import pixel_contrastive_loss
 from semiseg_lit.ops.eln_targets import aux_decoder_gate, balanced_bce_loss, eln_pseudo_labels, eln_targets
 from semiseg_lit.ops.losses import class_argmax
-from semiseg_lit.ops.sliding_window import center_crop
+from semiseg_lit.ops.metrics import segmentation_scores
+from semiseg_lit.ops.sliding_window import center_crop, protocol_probs
 
 __all__ = ["AuxDecoder", "ELNMethod", "build_eln_network", "eln_stage", "freeze_bn_affine_", "kept_rejected_accuracy",
            "masked_cross_entropy", "quarter_grid", "quarter_logits", "stage_warnings", "training_mode"]
@@ -287,6 +288,10 @@ class ELNMethod(SegMethod):
         self.val_eln_auroc = BinaryAUROC(thresholds=thresholds, ignore_index=self.ignore_index,
                                          validate_args=False)
         self._val_eln_updated = False
+        # stage 3: the network that is not evaluated is validated too (method.eln.val_both_networks)
+        self.val_confusion_other = MulticlassConfusionMatrix(self.num_classes, ignore_index=self.ignore_index,
+                                                             validate_args=False)
+        self._val_both = False
 
     @classmethod
     def required_streams(cls, cfg: DictConfig) -> tuple[str, ...]:
@@ -475,17 +480,40 @@ class ELNMethod(SegMethod):
             metric.update(err_score, err)
         self._val_eln_updated = True
 
+    def network_names(self) -> tuple[str, str]:
+        """(evaluated, other): ``method.eval_model`` (or ``eval.model``) and the other of student/teacher."""
+        which = str(self.cfg.eval.model or self.cfg.method.eval_model)
+        return (which, "student" if which == "teacher" else "teacher")
+
+    def on_validation_epoch_start(self) -> None:
+        # the official code validates student and teacher in stage 3 (train.py:105-130); one host sync
+        self._val_both = bool(self.e.val_both_networks) and bool(self.teacher_ready)
+
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
-        if not self.e.val_metrics:
+        if not (self.e.val_metrics or self._val_both):
             return
         images, masks = batch["image"], batch["mask"]
-        if (self.cfg.eval.mode or self.cfg.data.val_mode) == "center_crop":
-            images, masks = center_crop(images, masks, self.val_crop())
-        self.update_eln_metrics(images, masks)
+        ev = self.cfg.eval
+        mode = ev.mode or self.cfg.data.val_mode
+        if mode == "center_crop":
+            images, masks = center_crop(images, masks, self.val_crop(), int(self.cfg.data.val_pad_label))
+        if self._val_both:
+            other = self.teacher if self.network_names()[1] == "teacher" else self.student
+            probs = protocol_probs(other, images, self.num_classes, self.val_crop(), mode, scales=ev.scales,
+                                   flip=bool(ev.flip))
+            self.val_confusion_other.update(class_argmax(probs), masks)
+        if self.e.val_metrics:
+            self.update_eln_metrics(images, masks)
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
+        if self._val_both:
+            other = segmentation_scores(self.val_confusion_other.compute())
+            self.val_confusion_other.reset()
+            evaluated, other_name = self.network_names()
+            self.log_dict({f"val/miou_{evaluated}": torch.as_tensor(self.last_scores["miou"], dtype=torch.float32),
+                           f"val/miou_{other_name}": torch.as_tensor(other["miou"], dtype=torch.float32)})
         if not self._val_eln_updated:
             return
         metrics = {"val_eln/precision": self.val_eln_precision, "val_eln/recall": self.val_eln_recall,

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from semiseg_lit.config import TASKS, check_schema
+from semiseg_lit.config import PARITY_MODES, TASKS, check_schema
 
 
 def run_task(cfg: DictConfig) -> float | None:
     check_schema(cfg)  # before any work: keys added with `+key=value` must exist in the schema
+    if cfg.get("parity", "reference") not in PARITY_MODES:
+        raise ValueError(f"parity={cfg.parity!r}: expected one of {', '.join(PARITY_MODES)} (reference = the "
+                         "official code's behaviour, clean = the deliberate fixes; README 'Deliberate differences')")
     task = cfg.task
     if task == "train":
         from semiseg_lit.tasks.train import train
@@ -26,6 +29,10 @@ def run_task(cfg: DictConfig) -> float | None:
         from semiseg_lit.tasks.predict import predict
 
         return predict(cfg)
+    if task == "report":
+        from semiseg_lit.tasks.report import report_sweep
+
+        return report_sweep(cfg)
     if task == "export":
         from semiseg_lit.tasks.export import export
 

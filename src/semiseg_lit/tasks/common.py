@@ -39,7 +39,7 @@ def build_datamodule(cfg: DictConfig) -> SemiSegDataModule:
     cls = method_class(cfg)
     return SemiSegDataModule(cfg.data, seed=int(cfg.seed), streams=tuple(cls.required_streams(cfg)),
                              virtual_ranks=int(getattr(cls, "virtual_ranks", lambda c: 1)(cfg)),
-                             sync_batchnorm=bool(cfg.trainer.sync_batchnorm))
+                             sync_batchnorm=bool(cfg.trainer.sync_batchnorm), eval_mode=cfg.eval.mode)
 
 
 def build_method(cfg: DictConfig, datamodule: SemiSegDataModule) -> pl.LightningModule:
@@ -57,10 +57,39 @@ def check_method_options(cfg: DictConfig) -> None:
             "devices (trainer=ddp; batch sizes are global), and keep accumulate_grad_batches=1.")
 
 
+def reference_override_warnings(cfg: DictConfig) -> list[str]:
+    """What in this run breaks the official run a reference experiment reproduces (``cfg.reference``,
+    set by the ``<ael|eln|supervised>_<cityscapes|voc>_*`` experiments): a global batch other than the
+    official one (the learning rate per image, the per-GPU banks / OHEM groups and BN statistics change)
+    or gradient accumulation. One message per key; empty for any other run."""
+    ref = cfg.get("reference")
+    if ref is None:
+        return []
+    name, msgs = cfg.get("name"), []
+    expected = [("data.labeled_batch_size", cfg.data.labeled_batch_size, ref.labeled_batch_size)]
+    if ref.get("unlabeled_batch_size") is not None:
+        expected.append(("data.unlabeled_batch_size", cfg.data.unlabeled_batch_size, ref.unlabeled_batch_size))
+    for key, value, official in expected:
+        if int(value) != int(official):
+            msgs.append(f"{key}={value} but the reference experiment {name} reproduces a global batch of "
+                        f"{official} ({ref.source}); this run does not reproduce the official training. "
+                        f"Drop the override (batch sizes are global: trainer=ddp or one large device both "
+                        f"keep it), or accept a non-reference run.")
+    acc = int(cfg.trainer.accumulate_grad_batches)
+    if acc > 1:
+        msgs.append(f"trainer.accumulate_grad_batches={acc} in the reference experiment {name}: the official "
+                    f"run ({ref.source}) steps once per batch; accumulation changes the per-step statistics "
+                    f"(BN, banks, OHEM). Use trainer.accumulate_grad_batches=1.")
+    return msgs
+
+
 def prepare_run(cfg: DictConfig, stage: str) -> tuple[Path, SemiSegDataModule, pl.LightningModule]:
     """Seed, create the output folder, resolve and check the data, build the method: everything
     that can fail on bad input happens here, before a trainer starts."""
     check_method_options(cfg)
+    if stage == "fit":
+        for msg in reference_override_warnings(cfg):
+            log.warning("NOT THE REFERENCE RUN: %s", msg)
     pl.seed_everything(int(cfg.seed), workers=True)
     out = output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,17 @@ def scores_to_json(scores: dict[str, Any], class_names) -> dict[str, Any]:
     return out
 
 
+def best_to_json(best: dict[str, Any] | None, class_names, cfg: DictConfig, out: Path) -> dict[str, Any] | None:
+    """The ``best`` entry of ``metrics.json``: the best in-training validation of the evaluated network
+    (highest ``val/miou``, as ``checkpoints/best.ckpt``) with its step; null when no validation ran."""
+    if best is None:
+        return None
+    entry = scores_to_json(best, class_names)
+    entry.update(step=int(best["step"]), evaluated_model=cfg.method.eval_model,
+                 checkpoint=str(out / "checkpoints" / "best.ckpt"))
+    return entry
+
+
 def train(cfg: DictConfig) -> float | None:
     out, datamodule, model = prepare_run(cfg, "fit")
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, out, cfg)
@@ -111,9 +122,13 @@ def train(cfg: DictConfig) -> float | None:
         result = scores_to_json(scores, datamodule.class_info.names)
         result.update(step=int(trainer.global_step), evaluated_model=cfg.method.eval_model,
                       checkpoint_dir=str(out / "checkpoints"))
+        result["best"] = best_to_json(model.best_scores, datamodule.class_info.names, cfg, out)
         if trainer.is_global_zero:
             (out / "metrics.json").write_text(json.dumps(result, indent=2))
             report(cfg, out, scores, datamodule.class_info, loggers)
+            if result["best"] is not None:
+                print(f"best:        val mIoU {100 * result['best']['miou']:.2f} at step {result['best']['step']} "
+                      f"(last: {100 * result['miou']:.2f} at step {result['step']})", flush=True)
         return result["miou"]
     except SIGTERMException:  # the Preemption callback has written last.ckpt
         pre = next((c for c in trainer.callbacks if isinstance(c, Preemption)), None)

@@ -1,0 +1,326 @@
+"""The preset test: every reference experiment, composed as a user gets it, against the official values.
+
+The tables below are written from the official code (not from our configs), each row citing the file
+and line it comes from:
+* AEL: github.com/hzhupku/SemiSeg-AEL @ 747c797 (train.py, experiments/{cityscapes_2,pascal_4}/config.yaml
+  + train.sh, semseg/dataset/*, semseg/utils/loss_helper.py); partitions and iteration counts: ael.md §1.
+* ELN: github.com/kinux98/SSL_ELN @ 2c8d807 (train.py, utils/main_do.py, utils/losses.py, README commands).
+A changed preset fails here with the key, the composed value and the official one. Model architecture keys
+(model.arch / encoder / ...) are left to the networks' own tests.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from semiseg_lit.__main__ import CONFIG_DIR
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+REFERENCE = [n for n in EXPERIMENTS if n.split("_")[0] in ("ael", "eln", "supervised")
+             and n.split("_")[1] in ("cityscapes", "voc")]
+
+# ------------------------------------------------------------------------------------------ AEL, both datasets
+AEL_OPTIM = {
+    # SGD, lr 0.01, momentum 0.9, wd 1e-4: cityscapes_2/config.yaml:43-48, pascal_4/config.yaml:41-46
+    "method.optim.name": "sgd", "method.optim.lr": 0.01, "method.optim.momentum": 0.9,
+    "method.optim.weight_decay": 1e-4, "method.optim.nesterov": False,
+    # backbone lr x1, decoder + aux lr x10: train.py:113-117
+    "method.optim.backbone_lr_mult": 1.0, "method.optim.head_lr_mult": 10.0,
+    # poly, power 0.9, per iteration, no warm-up: cityscapes_2/config.yaml:49-52, lr_helper.py (ael.md §1)
+    "method.optim.scheduler": "poly", "method.optim.poly_power": 0.9, "method.optim.warmup_steps": 0,
+    # OHEM thresh 0.7, min_kept 100000: cityscapes_2/config.yaml:62-65, pascal_4/config.yaml:61-64
+    "method.loss.name": "ohem", "method.loss.ohem_thresh": 0.7, "method.loss.ohem_min_kept": 100000,
+    # aux loss weight 0.4: cityscapes_2/config.yaml:71-73, pascal_4/config.yaml:70-72
+    "method.loss.aux_weight": 0.4,
+    # global batch: batch_size 2 per GPU (cityscapes_2/config.yaml:31, pascal_4/config.yaml:29) x 8 GPUs
+    # (train.sh:6, 11: nproc_per_node=8)
+    "data.labeled_batch_size": 16,
+    # random scale [0.5, 2], flip: cityscapes_2/config.yaml:6-8, pascal_4/config.yaml:6-8
+    "data.augment.scale_range": [0.5, 2.0], "data.augment.hflip": True,
+    # RandResize: U(a, 1) or U(1, b), 1/2 each: augmentation.py:157-160
+    "data.augment.scale_sampling": "split",
+    # Crop pads labels with 0, not 255 (ignore_label forced to 0): augmentation.py:196-198, 210-211
+    "data.augment.pad_label": 0,
+    # copy-paste partner scale [0.1, 2.0]: cityscapes_2/config.yaml:26, pascal_4/config.yaml:25
+    "data.augment.partner_scale_range": [0.1, 2.0],
+    # in-training validation after every epoch: train.py:133-157 (eval_on True, config.yaml:42 / :40)
+    "callbacks.checkpoint.monitor": "val/miou", "callbacks.checkpoint.mode": "max",
+    # no gradient accumulation (one optimizer.step per iteration): train.py:368-370
+    "trainer.accumulate_grad_batches": 1,
+}
+AEL_SEMI = {
+    # 2 unlabeled crops loaded per GPU, 1 kept (train.py:275-283) + 1 bank image (train.py:285-288)
+    "data.unlabeled_batch_size": 8,
+    # teacher = EMA of parameters, decay min(1 - 1/(it+1), 0.99), buffers not averaged: train.py:397-400,
+    # cityscapes_2/config.yaml:70
+    "method.ael.ema_decay": 0.99, "method.ael.ema_warmup": True, "method.ael.ema_average_buffers": False,
+    # teacher in train mode when it pseudo-labels: train.py:171
+    "method.ael.teacher_train_mode": True,
+    # bank EMA momentum 0.999: cityscapes_2/config.yaml:28, train.py:190-198
+    "method.ael.bank_momentum": 0.999,
+    # per-GPU confidence banks, never all-reduced: train.py:353-356
+    "method.ael.bank_sync": False,
+    # per-GPU CutMix image banks (train.py:128, 330) cannot be emulated by virtual ranks on one device
+    # (refused with more than one group per device): one shared bank, a README row of differences
+    "method.ael.cutmix_bank_sync": True,
+    # bank initialised with torch.rand: train.py:126
+    "method.ael.bank_init": "random",
+    # copy-paste with probability 0.5 (random.random() > 0.5): cityscapes_2/config.yaml:27, pascal_4:28
+    "method.ael.copy_paste": True, "method.ael.copy_paste_prob": 0.5,
+    # adaptive CutMix on: config acm block (cityscapes_2/config.yaml:13-18); criterion.cons.sample True,
+    # gamma 2 (cityscapes_2/config.yaml:59-61); gamma2 absent -> 1 (loss_helper.py:9-24)
+    "method.ael.cutmix": True, "method.ael.cutmix_adaptive": True, "method.ael.sampling": True,
+    "method.ael.reweight": True, "method.ael.gamma": 2.0, "method.ael.sampling_beta": 1.0,
+    # one AES noise map torch.rand(h, w) per class for the GPU's batch: loss_helper.py:86
+    "method.ael.sampling_shared_noise": True,
+    # consist_weight absent -> 1: train.py:180; L_c1 on labeled crops: train.py:358-366
+    "method.ael.alpha": 1.0, "method.ael.labeled_consistency": True,
+    # one normaliser over all pixels, ignored pixels in the denominator: loss_helper.py:69-93
+    "method.ael.loss_normalize": "batch", "method.ael.ignored_in_denominator": True,
+    # every loss / world_size (8): train.py:311, 358-365
+    "method.ael.grad_scale": 0.125,
+    # the 8 GPUs of train.sh:11, emulated on any number of devices
+    "method.ael.virtual_ranks": 8,
+    # the teacher is validated and checkpointed as best: train.py:149-156
+    "method.eval_model": "teacher",
+}
+AEL_CITYSCAPES = {
+    # crop 769 rand: cityscapes_2/config.yaml:10-12
+    "data.crop_size": 769, "data.num_classes": 19,
+    # criterion.threshold absent -> 0: train.py:181
+    "method.ael.threshold": 0.0,
+    # acp.number 3: cityscapes_2/config.yaml:29; acm area_thresh 0.005 / area_thresh2 0.01: :15-16
+    "method.ael.copy_paste_k": 3, "method.ael.cutmix_area_thresh": 0.005, "method.ael.cutmix_bank_area_thresh": 0.01,
+    # ignore_cat = [0, 1, 2, 8, 10]: train.py:193 (null = data.stuff_classes)
+    "method.ael.copy_paste_ignore_classes": None, "data.stuff_classes": [0, 1, 2, 8, 10],
+    # reported numbers: eval.py sliding window 769, single scale on best_{seed}.pth (train.sh:13); we
+    # validate with that protocol in training (the reference's centre crop: data.val_mode=center_crop)
+    "data.val_mode": "sliding", "data.val_crop_size": 769,
+}
+AEL_VOC = {
+    # crop 513 rand: pascal_4/config.yaml:10-12
+    "data.crop_size": 513, "data.num_classes": 21, "data.train_split": "train_aug",
+    # criterion.threshold 0.7: pascal_4/config.yaml:57
+    "method.ael.threshold": 0.7,
+    # acp.number 1: pascal_4/config.yaml:27; acm area_thresh 0.03, area_thresh2 absent -> same: :17, train.py:202-205
+    "method.ael.copy_paste_k": 1, "method.ael.cutmix_area_thresh": 0.03, "method.ael.cutmix_bank_area_thresh": 0.03,
+    # the Cityscapes ignore_cat list hard-coded for VOC too: train.py:193
+    "method.ael.copy_paste_ignore_classes": [0, 1, 2, 8, 10],
+    # in-training validation = the reported VOC number: centre crop 513 (pascal_4/config.yaml:21-23),
+    # padding labelled 0 = background (augmentation.py:196-198, 210-211; pascal_voc.py:59-61)
+    "data.val_mode": "center_crop", "data.val_crop_size": 513, "data.val_pad_label": 0,
+}
+# partition -> (labeled, epochs x floor(ceil(N_unlabeled / 8) / 2)) = (n_sup, steps), iterations per epoch.
+# n_sup: config.yaml n_sup (ael.md §1 "Partitions"); epochs 200 (cityscapes_2/config.yaml:40), 80
+# (pascal_4/config.yaml:38); DistributedSampler pads to 8 ranks, unlabeled drop_last with batch 2
+# (pascal_voc_semi_cp.py:152-153)
+AEL_PARTITIONS = {
+    "cityscapes_1_32": (93, 2975 - 93, 200), "cityscapes_1_16": (186, 2975 - 186, 200),
+    "cityscapes_1_8": (372, 2975 - 372, 200), "cityscapes_1_4": (744, 2975 - 744, 200),
+    "cityscapes_1_2": (1488, 2975 - 1488, 200),
+    "voc_blend_1_32": (331, 10582 - 331, 80), "voc_blend_1_16": (662, 10582 - 662, 80),
+    "voc_blend_1_8": (1323, 10582 - 1323, 80), "voc_blend_1_4": (2646, 10582 - 2646, 80),
+    "voc_blend_1_2": (5291, 10582 - 5291, 80),
+    # classic partitions (labeled from the 1,464 'train' images; no AEL paper number, same code and schedule)
+    "voc_92": (92, 10582 - 92, 80), "voc_183": (183, 10582 - 183, 80), "voc_366": (366, 10582 - 366, 80),
+    "voc_732": (732, 10582 - 732, 80), "voc_1464": (1464, 10582 - 1464, 80),
+}
+
+# ------------------------------------------------------------------------------------------ ELN
+ELN_COMMON = {
+    # AdamW lr 1e-4 (heads, decoders, ELN), 1e-5 backbones (lr/10), wd 1e-5: train.py:330-355, 483-487
+    "method.optim.name": "adamw", "method.optim.lr": 1e-4, "method.optim.backbone_lr_mult": 0.1,
+    "method.optim.head_lr_mult": 1.0, "method.optim.weight_decay": 1e-5, "method.optim.betas": [0.9, 0.999],
+    # constant lr (no scheduler in train.py)
+    "method.optim.scheduler": "constant",
+    # plain CE with ignore 255: utils/main_do.py:112, utils/losses.py:8
+    "method.loss.name": "ce",
+    # 266 iterations per epoch, 500 epochs: train.py:257, 473
+    "trainer.max_steps": 500 * 266,
+    # EMA 0.995 of parameters from the stage-3 start: train.py:135-141, 153-155, 237-238
+    "method.eln.ema_decay": 0.995, "method.eln.ema_average_buffers": False,
+    # ELN mask = round(sigmoid(ELN)) = sigmoid > 0.5: train.py:206
+    "method.eln.threshold": 0.5,
+    # contrastive: temperature 0.5 (train.py:481), 8 random 32x32 crops (utils/losses.py:29)
+    "method.eln.temperature": 0.5, "method.eln.crop_size": 32, "method.eln.n_crops": 8,
+    # 2 aux decoders gated at 20x / 50x the main CE (utils/main_do.py, eln.md §2.2)
+    "method.eln.aux_gate_factors": [20.0, 50.0],
+    # ELN trunk ResNet-34 (modeling/ELN.py)
+    "method.eln.encoder": "resnet34",
+    # SyncBN is no nn.BatchNorm2d: BN affine never optimised (train.py:330-350, eln.md §5.1)
+    "method.eln.parity.freeze_bn_affine": True,
+    # ignore pixels count as ELN errors (eln.md §3)
+    "method.eln.parity.ignore_as_error": True,
+    # student <- teacher at each stage-3 epoch start: train.py:157-159 (epoch = 266 iterations, train.py:257)
+    "method.eln.parity.reset_every_steps": 266,
+    # student and teacher both validated in stage 3: train.py:105-130
+    "method.eln.val_both_networks": True,
+    # fp16 autocast + GradScaler: train.py:12, 176, 233-235, 357
+    "trainer.precision": "16-mixed",
+    # single-scale, whole image (no sliding window): train.py:101-107, eln.md §6
+    "data.val_mode": "whole",
+    # no random scale, flip 0.5: utils/main_do.py:19-20, 43-44
+    "data.augment.scale_range": [1.0, 1.0], "data.augment.hflip": True,
+    "trainer.accumulate_grad_batches": 1,
+}
+ELN_CITYSCAPES = {
+    # README: --pre_epoch=100 --eln_epoch=58 --batch-size-labeled=4 --batch-size-unlabeled=4 (README.md:94)
+    "method.eln.pretrain_steps": 100 * 266, "method.eln.eln_steps": 58 * 266,
+    "data.labeled_batch_size": 4, "data.unlabeled_batch_size": 4,
+    # RandomCrop(512, 1024): utils/main_do.py:43, 52
+    "data.crop_size": [512, 1024],
+}
+ELN_VOC = {
+    # README: --pre_epoch=70 --eln_epoch=50 --batch-size-labeled=6 --batch-size-unlabeled=6 (README.md:83)
+    "method.eln.pretrain_steps": 70 * 266, "method.eln.eln_steps": 50 * 266,
+    "data.labeled_batch_size": 6, "data.unlabeled_batch_size": 6,
+    # every image (train and val) resized to 505x505: utils/main_do.py:19, 28, 33
+    "data.augment.resize": [505, 505], "data.val_resize": [505, 505], "data.crop_size": 505,
+    # labels of every split from SegmentationClassAug (dataset/dataloader.py, eln.md §6)
+    "data.voc_mask_dir": "SegmentationClassAug",
+}
+# labeled counts of the ELN lists (DST-CBC rule floor(N / split), +1 when % 8 == 1; eln.md §5):
+# VOC 10582 -> 1/20: 529 + 1 = 530, 1/8: 1322, 1/4: 2645; Cityscapes 2975 -> 371, 743, 1487.
+# VOC 1/16 is not in the released lists (662 = the AEL/UniMatch count).
+ELN_LABELED = {"cityscapes_1_8": 371, "cityscapes_1_4": 743, "cityscapes_1_2": 1487, "voc_blend_1_20": 530,
+               "voc_blend_1_16": 662, "voc_blend_1_8": 1322, "voc_blend_1_4": 2645}
+
+
+def ael_iterations(n_unlabeled: int, epochs: int) -> tuple[int, int]:
+    """(iterations per epoch, total) of the official loop on 8 GPUs with batch 2 (ael.md §1)."""
+    per_epoch = math.ceil(n_unlabeled / 8) // 2
+    return per_epoch, epochs * per_epoch
+
+
+def official_values(name: str) -> dict:
+    method, rest = name.split("_", 1)
+    dataset = rest.split("_")[0]
+    if method == "eln":
+        return {**ELN_COMMON, **(ELN_CITYSCAPES if dataset == "cityscapes" else ELN_VOC),
+                "data.n_labeled": ELN_LABELED[rest], "method.name": "eln"}
+    n_sup, n_unl, epochs = AEL_PARTITIONS[rest]
+    per_epoch, total = ael_iterations(n_unl, epochs)
+    values = {**AEL_OPTIM, **(AEL_CITYSCAPES if dataset == "cityscapes" else AEL_VOC), "data.n_labeled": n_sup,
+              "trainer.max_steps": total, "trainer.val_check_interval": per_epoch, "method.name": method}
+    if method == "ael":
+        values.update(AEL_SEMI)
+    else:  # the supervised twin: AEL's network, loss, batch, data and schedule, no method.ael node
+        values = {k: v for k, v in values.items() if not k.startswith("method.ael.")}
+        values.update({"method.ael": None, "method.eval_model": "student"})
+    return values
+
+
+def mismatches(cfg, expected: dict) -> list[str]:
+    out = []
+    for key, want in expected.items():
+        got = OmegaConf.select(cfg, key, throw_on_missing=True)
+        got = OmegaConf.to_container(got, resolve=True) if OmegaConf.is_config(got) else got
+        if isinstance(want, float) or isinstance(got, float):
+            same = got is not None and want is not None and math.isclose(float(got), float(want), rel_tol=1e-9)
+        else:
+            same = got == want
+        if not same:
+            out.append(f"{key}: composed {got!r}, official {want!r}")
+    return out
+
+
+def test_every_reference_experiment_has_an_official_table():
+    assert {n.split("_", 1)[1] for n in REFERENCE if not n.startswith("eln")} == set(AEL_PARTITIONS)
+    assert {n.split("_", 1)[1] for n in REFERENCE if n.startswith("eln")} == set(ELN_LABELED)
+    for part in ("cityscapes_1_32", "voc_blend_1_32", "voc_blend_1_2"):  # the paper's tables, both methods
+        assert f"ael_{part}" in REFERENCE and f"supervised_{part}" in REFERENCE
+
+
+@pytest.mark.parametrize("name", REFERENCE)
+def test_reference_experiment_matches_the_official_run(compose_cfg, name):
+    cfg = compose_cfg([f"+experiment={name}"])
+    assert cfg.parity == "reference" and cfg.name == name
+    assert mismatches(cfg, official_values(name)) == []
+    ref = cfg.reference
+    assert ref is not None and ref.labeled_batch_size == cfg.data.labeled_batch_size
+    if name.startswith("ael"):
+        a, o = cfg.method.ael, cfg.method.optim
+        # effective rate: lr x grad_scale = 0.01 / 8 (backbone), 0.1 / 8 (heads); wd at full strength (ael.md §7)
+        assert math.isclose(o.lr * o.backbone_lr_mult * a.grad_scale, 0.00125)
+        assert math.isclose(o.lr * o.head_lr_mult * a.grad_scale, 0.0125)
+        # per emulated GPU: 2 labeled, 1 unlabeled (+ 1 bank draw): train.py:245-288
+        assert (cfg.data.labeled_batch_size // a.virtual_ranks, cfg.data.unlabeled_batch_size // a.virtual_ranks) == (2, 1)
+        assert cfg.data.labeled_batch_size % a.virtual_ranks == 0 and ref.unlabeled_batch_size == 8
+
+
+def test_published_iteration_counts_of_the_spec():
+    # hand-checked against ael.md §1 "Iterations actually run"
+    assert ael_iterations(1487, 200) == (93, 18_600) and ael_iterations(2232, 200)[1] == 27_800
+    assert ael_iterations(7936, 80) == (496, 39_680) and ael_iterations(5291, 80) == (331, 26_480)
+    assert ael_iterations(2882, 200) == (180, 36_000) and ael_iterations(10251, 80) == (641, 51_280)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("method.ael.grad_scale=1.0", "method.ael.grad_scale"),
+    ("data.unlabeled_batch_size=16", "data.unlabeled_batch_size"),
+    ("trainer.val_check_interval=2000", "trainer.val_check_interval"),
+    ("data.augment.pad_label=255", "data.augment.pad_label"),
+    ("method.ael.copy_paste_ignore_classes=[0]", "method.ael.copy_paste_ignore_classes"),
+])
+def test_a_changed_preset_fails_the_comparison(compose_cfg, override, key):
+    name = "ael_voc_blend_1_8"
+    found = mismatches(compose_cfg([f"+experiment={name}", override]), official_values(name))
+    assert len(found) == 1 and found[0].startswith(f"{key}:")
+
+
+# rows that `parity=clean` switches to the deliberate fixes (README "Deliberate differences")
+CLEAN_AEL = {"data.augment.pad_label": 255, "data.augment.scale_sampling": "uniform", "method.ael.bank_sync": True,
+             "method.ael.sampling_shared_noise": False}
+CLEAN_VOC = {"method.ael.copy_paste_ignore_classes": None, "data.val_mode": "whole", "data.val_pad_label": 255}
+# (the ELN reset every 266 steps stays: the author's intent, SSL_ELN #1)
+CLEAN_ELN = {"method.eln.parity.freeze_bn_affine": False, "method.eln.parity.ignore_as_error": False}
+
+
+@pytest.mark.parametrize("name", ["ael_cityscapes_1_8", "ael_voc_blend_1_4", "supervised_voc_92", "eln_voc_blend_1_8",
+                                  "eln_cityscapes_1_2"])
+def test_parity_clean_switches_exactly_the_listed_rows(compose_cfg, name):
+    clean = compose_cfg([f"+experiment={name}", "parity=clean"])
+    official = official_values(name)
+    if name.startswith("eln"):
+        switched = CLEAN_ELN
+    else:
+        switched = {k: v for k, v in {**CLEAN_AEL, **(CLEAN_VOC if "_voc_" in name else {})}.items()
+                    if name.startswith("ael") or not k.startswith("method.ael.")}
+    assert mismatches(clean, switched) == []
+    # every other official row stays (grad_scale, virtual_ranks, batches, schedule, precision, ...)
+    assert mismatches(clean, {k: v for k, v in official.items() if k not in switched}) == []
+
+
+def test_parity_value_is_checked(compose_cfg):
+    from semiseg_lit.tasks import run_task
+
+    cfg = compose_cfg(["+experiment=ael_voc_blend_1_8", "parity=paper"])
+    with pytest.raises(ValueError, match=r"parity='paper': expected one of reference, clean"):
+        run_task(cfg)
+
+
+def test_non_reference_experiments_carry_no_reference(compose_cfg):
+    for name in ("ael_synthscapes", "eln_synthscapes", "supervised_synthscapes"):
+        cfg = compose_cfg([f"+experiment={name}"])
+        assert cfg.reference is None
+        if cfg.method.get("ael") is not None:
+            assert cfg.method.ael.virtual_ranks == 1 and cfg.method.ael.grad_scale == 1.0
+
+
+def test_reference_override_warnings_name_the_key(compose_cfg):
+    from semiseg_lit.tasks.common import reference_override_warnings
+
+    assert reference_override_warnings(compose_cfg(["+experiment=ael_cityscapes_1_8"])) == []
+    assert reference_override_warnings(compose_cfg(["+experiment=ael_synthscapes", "data.labeled_batch_size=4"])) == []
+    msgs = reference_override_warnings(compose_cfg(["+experiment=ael_cityscapes_1_8", "data.unlabeled_batch_size=16",
+                                                    "trainer.accumulate_grad_batches=2"]))
+    assert len(msgs) == 2
+    assert msgs[0].startswith("data.unlabeled_batch_size=16 but the reference experiment ael_cityscapes_1_8")
+    assert "global batch of 8" in msgs[0]
+    assert msgs[1].startswith("trainer.accumulate_grad_batches=2 in the reference experiment ael_cityscapes_1_8")
+    eln = reference_override_warnings(compose_cfg(["+experiment=eln_voc_blend_1_8", "data.labeled_batch_size=8"]))
+    assert len(eln) == 1 and eln[0].startswith("data.labeled_batch_size=8 ") and "global batch of 6" in eln[0]
