@@ -48,6 +48,11 @@ class SegMethod(pl.LightningModule):
         """Training streams this method consumes (see ``SemiSegDataModule``)."""
         return ("labeled",)
 
+    @classmethod
+    def virtual_ranks(cls, cfg: DictConfig) -> int:
+        """GPUs of a reference run this method emulates in all (1: one group per device; AEL overrides)."""
+        return 1
+
     def __init__(self, cfg: DictConfig, class_info: ClassInfo):
         super().__init__()
         self.cfg = cfg

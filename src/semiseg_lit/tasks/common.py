@@ -38,7 +38,7 @@ def method_class(cfg: DictConfig) -> type:
 def build_datamodule(cfg: DictConfig) -> SemiSegDataModule:
     cls = method_class(cfg)
     return SemiSegDataModule(cfg.data, seed=int(cfg.seed), streams=tuple(cls.required_streams(cfg)),
-                             virtual_ranks=int(getattr(cls, "virtual_ranks", lambda c: 1)(cfg)),
+                             virtual_ranks=cls.virtual_ranks(cfg),
                              sync_batchnorm=bool(cfg.trainer.sync_batchnorm), eval_mode=cfg.eval.mode)
 
 
