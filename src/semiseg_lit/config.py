@@ -49,6 +49,9 @@ class AugmentConfig:
     # how the scale factor s is drawn from scale_range [a, b]: "uniform" s ~ U(a, b); "split" = the AEL
     # reference's RandResize: s ~ U(a, 1) or U(1, b) with probability 1/2 each (ael.md §9)
     scale_sampling: str = "uniform"
+    # scale, pad and crop in one step on the crop window (data/transforms.RandomScaleCrop): the same draws
+    # and labels, the image equal up to interpolation rounding, without resizing the whole image first
+    crop_first: bool = True
     hflip: bool = True
     # image padding value is the mean colour (0 after normalisation); label padding is ignore (255)
     # by default. AEL parity pads labels with 0 (ael.md §9).
