@@ -296,6 +296,14 @@ class TrainerConfig:
     num_sanity_val_steps: int = 0
     limit_val_batches: float | None = None
     fast_dev_run: bool = False
+    # speed (models/compile.py): torch.compile of every network's encoder and decoder (falls back to eager
+    # with one warning where it cannot run), its mode (null = default | reduce-overhead | max-autotune),
+    # its backend, and NHWC (channels_last) weights and activations
+    compile: bool = False
+    compile_mode: str | None = None
+    # inductor (generated kernels) | aot_eager | eager (graph capture only: checks, not speed)
+    compile_backend: str = "inductor"
+    channels_last: bool = False
 
 
 @dataclass
