@@ -148,15 +148,19 @@ class RandomScaleCrop(A.DualTransform):
     def apply(self, img: np.ndarray, rows: tuple, cols: tuple, **params: Any) -> np.ndarray:
         (r0, r1, ry, fy), (c0, c1, cx, fx) = rows, cols
         channels = img.shape[2:]
-        fill = np.asarray(self.fill[: channels[0]] if channels else self.fill[:1], dtype=np.float64)
-        out = np.empty((self.crop_h, self.crop_w, *channels), dtype=img.dtype)
-        out[...] = np.round(fill).astype(img.dtype).reshape(channels) if channels else fill[0]
+        window = None
         if r1 > r0 and c1 > c0:
             # inverse map: output (x, y) of the valid window -> source (fx·(x + cx + c0 + 0.5) - 0.5, ...)
             m = np.array([[fx, 0.0, fx * (cx + c0 + 0.5) - 0.5], [0.0, fy, fy * (ry + r0 + 0.5) - 0.5]])
             window = cv2.warpAffine(img, m, (c1 - c0, r1 - r0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                    borderMode=cv2.BORDER_REPLICATE)
-            out[r0:r1, c0:c1] = window.reshape(r1 - r0, c1 - c0, *channels)
+                                    borderMode=cv2.BORDER_REPLICATE).reshape(r1 - r0, c1 - c0, *channels)
+            if (r0, r1, c0, c1) == (0, self.crop_h, 0, self.crop_w):
+                return window  # the crop lies inside the scaled image: no padding
+        fill = np.asarray(self.fill[: channels[0]] if channels else self.fill[:1], dtype=np.float64)
+        out = np.empty((self.crop_h, self.crop_w, *channels), dtype=img.dtype)
+        out[...] = np.round(fill).astype(img.dtype).reshape(channels) if channels else fill[0]
+        if window is not None:
+            out[r0:r1, c0:c1] = window
         return out
 
     def apply_to_mask(self, mask: np.ndarray, rows: tuple, cols: tuple, **params: Any) -> np.ndarray:
@@ -166,7 +170,7 @@ class RandomScaleCrop(A.DualTransform):
             # OpenCV INTER_NEAREST: source index floor(dst · (1 / (dst_size / src_size))), clamped
             src_r = np.minimum(np.floor((np.arange(r0, r1) + ry) * fy).astype(np.int64), mask.shape[0] - 1)
             src_c = np.minimum(np.floor((np.arange(c0, c1) + cx) * fx).astype(np.int64), mask.shape[1] - 1)
-            out[r0:r1, c0:c1] = mask[src_r[:, None], src_c[None, :]]
+            out[r0:r1, c0:c1] = mask.take(src_r, axis=0).take(src_c, axis=1)  # rows, then columns
         return out
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
