@@ -20,7 +20,8 @@ c. ``data``: ``benchmarks/data_throughput.py`` with 16 workers on the Cityscapes
 d. ``train``: a 300-step AEL run on synthscapes (256×256 scenes, crop 224) through the CLI
    (``python -m semiseg_lit``), bf16-mixed.
 
-``--tiny`` shrinks every part to seconds (a few CPU tests, ResNet-18 at 64², VOC-sized JPEGs, 2 steps).
+``--tiny`` shrinks every part to seconds (a few tests, a supervised ResNet-18 step at 64², VOC-sized JPEGs
+with no workers, 2 training steps; about a minute on an idle 2-core machine, several on a loaded one).
 The summary (``summary.json``, ``summary.md``) and each part's log are written to ``--out``.
 """
 
@@ -79,8 +80,8 @@ def part_tests(args, out: Path, budget: float) -> dict:
 def step_time_configs(args) -> list[dict]:
     """Step-time configurations in priority order (the box stops at the first that does not fit)."""
     if args.tiny:
-        return [dict(method="ael", precision="bf16-mixed" if args.device == "cuda" else "32-true", cl=False,
-                     compile=False)]
+        return [dict(method="supervised", precision="bf16-mixed" if args.device == "cuda" else "32-true",
+                     cl=False, compile=False)]
     configs = []
     for method in ("ael", "eln", "supervised"):
         configs.append(dict(method=method, precision="bf16-mixed", cl=False, compile=False))
@@ -241,7 +242,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", default="deeplabv3plus", help="model config under conf/model/ for step_time")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the step-time children")
     ap.add_argument("--budget", type=float, default=None,
-                    help="total seconds (default 450 full / 300 tiny), shared by the parts")
+                    help="total seconds (default 450 full / 600 tiny), shared by the parts")
     args = ap.parse_args(argv)
     if args.device == "cuda":
         import torch
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    total = args.budget or (300.0 if args.tiny else 450.0)
+    total = args.budget or (600.0 if args.tiny else 450.0)
     t0 = time.perf_counter()
     parts: list[dict] = []
     consumption = None
@@ -274,9 +275,10 @@ def main(argv: list[str] | None = None) -> int:
             parts.append(part_tests(args, out, budget))
         elif name == "step_time":
             st = part_step_time(args, out, budget)
-            ael = [r for r in st["records"] if r["method"] == "ael"]
-            if ael:  # images the loaders deliver per second of an AEL step (first = bf16, reference)
-                consumption = ael[0]["loads_per_step"] / ael[0]["step_s"]
+            recs = [r for r in st["records"] if r["method"] == "ael"] or st["records"]
+            if recs:  # images the loaders deliver per second of an AEL step (first = bf16, reference shapes)
+                consumption = recs[0]["loads_per_step"] / recs[0]["step_s"]
+                st["consumption_from"] = f"{recs[0]['method']} {recs[0]['precision']}"
             parts.append(st)
         elif name == "data":
             parts.append(part_data(args, out, budget, consumption))
