@@ -69,7 +69,10 @@ def part_tests(args, out: Path, budget: float) -> dict:
         targets = ["tests/ops/test_sampling.py", "tests/ops/test_ema.py", "tests/cuda"]
     else:
         targets = ["tests", "tests/cuda"]
-    cmd = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--only-device={args.device}",
+    # --continue-on-collection-errors: a test module that needs a package the device image lacks (and that
+    # the wheels do not bring) must not stop the device tests of every other module
+    cmd = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors",
+           f"--only-device={args.device}",
            f"--junitxml={out / 'tests.xml'}", *targets]
     rec = run_part("tests", cmd, budget, out)
     summary = [line for line in rec["tail"] if " passed" in line or " failed" in line or " error" in line]
