@@ -67,8 +67,8 @@ def class_confidence(
     sums = torch.zeros(num_classes + 1, dtype=torch.float32, device=probs.device)
     sums.scatter_add_(0, bins, p_gt.flatten())
     # scatter_add, not bincount: CUDA's bincount reads min/max back to the host (a sync per call)
-    counts = torch.zeros(num_classes + 1, dtype=torch.float32, device=probs.device)
-    counts = counts.scatter_add_(0, bins, torch.ones_like(p_gt).flatten())[:num_classes]
+    counts = torch.zeros(num_classes + 1, dtype=torch.long, device=probs.device)
+    counts = counts.scatter_add_(0, bins, torch.ones_like(bins))[:num_classes].float()  # exact integer counts
     conf = sums[:num_classes] / (counts + _EPS)
     return conf, counts > 0
 
