@@ -2,6 +2,7 @@
 
     python benchmarks/data_throughput.py [--workers 0 1 2] [--batches 8] [--datasets cityscapes voc]
         [--n-images 8] [--step-s 0.69 --step-images 16] [--root /tmp/dir]
+    python benchmarks/data_throughput.py --compare-crop-first 20   # transform cost only, both paths
 
 Writes synthetic trees in the official layouts into a temporary folder (or ``--root``):
 Cityscapes-sized 2048×1024 PNG images + ``labelTrainIds`` PNGs (``tests/data/layout_builders.py``'s
@@ -119,6 +120,66 @@ def measure(dataset: str, root: Path, stream: str, workers: int, args: argparse.
             "images_per_s": round(rate, 2), "images_per_s_per_worker": round(rate / max(1, workers), 2)}
 
 
+def compare_crop_first(n: int, seed: int = 0) -> list[dict]:
+    """Per-image cost of the labeled transform on decoded 1024×2048 arrays, the crop-first path
+    (``data.augment.crop_first=true``) against scaling the whole image first, and of decode + transform
+    of a 1024×2048 RGB PNG (OpenCV vs PIL decode), alternating image by image so that a changing
+    machine load hits both alike. (The mask PNG read, the same on both paths, is not included.) Crop 769, scale [0.5, 2.0], flip (the
+    ``data=cityscapes`` geometry)."""
+    import statistics
+
+    import cv2
+
+    from semiseg_lit.data.transforms import LabeledTransform, Normalize
+
+    cv2.setNumThreads(1)  # as in a DataLoader worker (one core each)
+
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (1024, 2048, 3), dtype=np.uint8)
+    mask = rng.integers(0, 19, (1024, 2048), dtype=np.uint8)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    paths = {flag: LabeledTransform(crop=769, scale_range=(0.5, 2.0), hflip=True, pad_label=255, mean=mean,
+                                    std=std, crop_first=flag) for flag in (True, False)}
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for k in range(n):
+        for flag, t in paths.items():
+            t0 = time.perf_counter()
+            t(image, mask, seed=k)
+            times[flag].append(time.perf_counter() - t0)
+    # decode + transform of one 1024x2048 RGB PNG (label-map colours + noise, as the trees above):
+    # PIL decode + whole-image-first (before) against read_image (OpenCV for RGB PNGs) + crop-first
+    from semiseg_lit.data import image_io
+
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "image.png"
+        smooth = np.repeat(np.repeat(rng.integers(0, 256, (16, 32, 3), dtype=np.uint8), 64, 0), 64, 1)
+        noisy = np.clip(smooth.astype(np.int16) + rng.integers(-20, 21, smooth.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(png)
+        full: dict[bool, list[float]] = {True: [], False: []}
+        for k in range(n):
+            for flag, t in paths.items():
+                t0 = time.perf_counter()
+                if flag:
+                    img = image_io.read_image(png)
+                else:
+                    with Image.open(png) as im:
+                        img = np.asarray(im.convert("RGB")).copy()
+                t(img, mask, seed=k)
+                full[flag].append(time.perf_counter() - t0)
+    norm = Normalize(mean, std)
+    crop = image[:769, :769].copy()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        norm(crop)
+    normalize_ms = (time.perf_counter() - t0) / n * 1e3
+    return [{"path": "crop_first + OpenCV PNG decode" if flag else "whole_image_first + PIL decode", "images": n,
+             "transform_median_ms": round(statistics.median(v) * 1e3, 2),
+             "transform_images_per_s": round(1 / statistics.median(v), 2),
+             "decode_transform_median_ms": round(statistics.median(full[flag]) * 1e3, 2),
+             "decode_transform_images_per_s": round(1 / statistics.median(full[flag]), 2),
+             "normalize_769_ms": round(normalize_ms, 2)} for flag, v in times.items()]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["cityscapes", "voc"], choices=["cityscapes", "voc"])
@@ -130,6 +191,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--root", type=Path, default=None, help="write the trees here (kept) instead of a temp dir")
     ap.add_argument("--step-s", type=float, default=None, help="a measured training-step time (seconds)")
     ap.add_argument("--step-images", type=int, default=None, help="image loads per step and device")
+    ap.add_argument("--compare-crop-first", type=int, default=0, metavar="N",
+                    help="only time the labeled transform on N decoded 1024x2048 images, crop-first vs "
+                         "whole-image-first (no trees written)")
     args = ap.parse_args(argv)
     if args.batches < 1 or args.batch < 2 or args.n_images < 4:
         ap.error("--batches >= 1, --batch >= 2 and --n-images >= 4 are needed")
@@ -139,6 +203,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "disabled")
+    if args.compare_crop_first:
+        for rec in compare_crop_first(args.compare_crop_first):
+            print(json.dumps(rec), flush=True)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         base = args.root or Path(tmp)
         roots = {}

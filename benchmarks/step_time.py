@@ -1,8 +1,12 @@
 """Step-cost benchmark: median training-step time of each method against the network floor.
 
     python benchmarks/step_time.py [--device cpu|cuda] [--methods supervised ael eln] [--steps 20]
-        [--warmup 5] [--threads 2] [--encoder resnet18] [--crop 128] [--labeled 4] [--unlabeled 4]
-        [--precision 32-true|bf16-mixed|16-mixed] [--sequential] [--profile] [-- extra Hydra overrides]
+        [--warmup 5] [--threads 2] [--model NAME] [--encoder resnet18] [--crop 128 | --crop H W]
+        [--labeled 4] [--unlabeled 4] [--precision 32-true|bf16-mixed|16-mixed] [--channels-last] [--compile]
+        [--sequential] [--profile] [--out records.json] [-- extra Hydra overrides]
+
+``--model`` composes ``model=NAME`` from ``conf/model/`` (any config there), so the architecture is the
+config's, not the script's; ``--encoder ''`` keeps that config's encoder.
 
 For each method the real config is composed (``+experiment=<method>_synthscapes`` plus the size
 overrides above; ELN is put in stage 3, its most expensive stage, from step 0) and the method is
@@ -54,12 +58,28 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 
 # ----------------------------------------------------------------------------------------- config
+def model_names() -> list[str]:
+    """The model configs under ``conf/model/`` (``--model`` choices)."""
+    from semiseg_lit.__main__ import CONFIG_DIR
+
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
+
+
+def crop_value(crop: list[int]) -> str:
+    """``--crop N`` -> ``N``; ``--crop H W`` -> ``[H,W]`` (Hydra list syntax)."""
+    return str(crop[0]) if len(crop) == 1 else f"[{crop[0]},{crop[1]}]"
+
+
 def size_overrides(args: argparse.Namespace) -> list[str]:
     """Hydra overrides that set the benchmark shapes on any ``*_synthscapes`` experiment."""
-    return [
-        f"model.encoder={args.encoder}", "model.encoder_weights=null", f"data.crop_size={args.crop}",
+    out = [f"model={args.model}"] if args.model else []
+    if args.encoder:
+        out.append(f"model.encoder={args.encoder}")
+    return out + [
+        "model.encoder_weights=null", f"data.crop_size={crop_value(args.crop)}",
         f"data.labeled_batch_size={args.labeled}", f"data.unlabeled_batch_size={args.unlabeled}",
         f"trainer.precision={args.precision}", "logger.wandb.enabled=false", "trainer.enable_progress_bar=false",
+        f"trainer.channels_last={str(args.channels_last).lower()}", f"trainer.compile={str(args.compile).lower()}",
     ]
 
 
@@ -99,14 +119,14 @@ def build_method(cfg):
 
 
 # ----------------------------------------------------------------------------------------- batches
-def scene_tensors(n: int, size: int, start: int, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` rendered synthscapes scenes at ``size``² as normalised images ``[n,3,s,s]`` and masks ``[n,s,s]``."""
+def scene_tensors(n: int, size: tuple[int, int], start: int, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` rendered synthscapes scenes of ``size`` (H, W) as normalised images ``[n,3,H,W]`` and masks ``[n,H,W]``."""
     import numpy as np
 
     from semiseg_lit.data.synthscapes import iter_scenes
 
     images, masks = [], []
-    for _, image, mask in iter_scenes(n, height=size, width=size, n_styles=16, seed=0, start=start):
+    for _, image, mask in iter_scenes(n, height=size[0], width=size[1], n_styles=16, seed=0, start=start):
         images.append(image)
         masks.append(mask)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
@@ -117,7 +137,9 @@ def scene_tensors(n: int, size: int, start: int, mean, std) -> tuple[torch.Tenso
 
 def make_batches(cfg, streams: tuple[str, ...], n_batches: int) -> list[dict[str, dict[str, torch.Tensor]]]:
     """``n_batches`` distinct training batches with the datamodule's keys, dtypes and shapes."""
-    crop, b_l, b_u = int(cfg.data.crop_size), int(cfg.data.labeled_batch_size), int(cfg.data.unlabeled_batch_size)
+    from semiseg_lit.data.transforms import crop_hw
+
+    crop, b_l, b_u = crop_hw(cfg.data.crop_size), int(cfg.data.labeled_batch_size), int(cfg.data.unlabeled_batch_size)
     mean, std = cfg.data.mean, cfg.data.std
     n_cls, n_unl = int(cfg.data.num_classes), num_unlabeled(cfg)
     g = torch.Generator().manual_seed(0)
@@ -321,6 +343,7 @@ def floor_stepper(cfg, args: argparse.Namespace, device: torch.device) -> Callab
     method = build_method(cfg).to(device).train()
     if cfg.method.name == "eln":  # stage 3 starts with teacher <- student
         method.teacher.load_state_dict(method.student.state_dict())
+    method.apply_speed_options()  # the same channels_last / compile as the method's trainer run
     passes, opt = floor_passes(method, cfg), make_optimizer(method, cfg)
     scaler = torch.amp.GradScaler(device.type) if args.precision == "16-mixed" else None
 
@@ -396,9 +419,19 @@ def run_one(method: str, args: argparse.Namespace) -> dict[str, Any]:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({args.threads} threads)"
     if args.clock == "cpu":
         device_name += ", CPU-time clock"
-    return {"method": method, "device": device_name, "step_s": round(step_s, 5), "floor_s": round(floor_s, 5),
+    return {"method": method, "device": device_name, "model": args.model or "(experiment's)",
+            "encoder": str(cfg.model.encoder), "output_stride": int(cfg.model.output_stride),
+            "crop": crop_value(args.crop), "labeled": args.labeled, "unlabeled": args.unlabeled,
+            "precision": args.precision, "channels_last": args.channels_last, "compile": args.compile,
+            "step_s": round(step_s, 5), "floor_s": round(floor_s, 5),
             "overhead_ratio": round(step_s / floor_s, 4), "images_per_s": round(n_images / step_s, 3),
-            "peak_mem_mb": round(peak, 1)}
+            "loads_per_step": loads_per_step(cfg, streams), "peak_mem_mb": round(peak, 1)}
+
+
+def loads_per_step(cfg, streams: tuple[str, ...]) -> int:
+    """Images the data loaders deliver per step (every stream: labeled, partner, unlabeled, bank)."""
+    b_l, b_u = int(cfg.data.labeled_batch_size), int(cfg.data.unlabeled_batch_size)
+    return sum(b_l if s in ("labeled", "partner") else b_u for s in streams)
 
 
 def child_command(method: str, argv: list[str]) -> list[str]:
@@ -413,8 +446,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=20, help="timed steps (median) per method")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    ap.add_argument("--encoder", default="resnet18")
-    ap.add_argument("--crop", type=int, default=128)
+    ap.add_argument("--model", default=None,
+                    help="a model config under conf/model/ (e.g. deeplabv3plus); default: the experiment's")
+    ap.add_argument("--encoder", default="resnet18", help="model.encoder ('' keeps the model config's)")
+    ap.add_argument("--crop", type=int, nargs="+", default=[128], help="N (square) or H W")
+    ap.add_argument("--channels-last", action="store_true", help="trainer.channels_last=true")
+    ap.add_argument("--compile", action="store_true", help="trainer.compile=true (torch.compile)")
+    ap.add_argument("--out", type=Path, default=None, help="also write the records to this JSON file")
     ap.add_argument("--labeled", type=int, default=4, help="labeled batch size")
     ap.add_argument("--unlabeled", type=int, default=4, help="unlabeled batch size")
     ap.add_argument("--precision", default="32-true", choices=PRECISIONS)
@@ -435,6 +473,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error("--clock cpu measures host CPU time: use it with --device cpu only")
     if args.steps < 1 or args.warmup < 1:
         ap.error("--steps and --warmup must be >= 1")
+    if len(args.crop) not in (1, 2):
+        ap.error("--crop takes N or H W")
+    if args.model is not None and args.model not in model_names():
+        ap.error(f"--model {args.model}: no conf/model/{args.model}.yaml; available: {', '.join(model_names())}")
     return args
 
 
@@ -455,6 +497,9 @@ def main(argv: list[str] | None = None) -> None:
         records.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     for rec in records:
         print(json.dumps(rec), flush=True)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(records, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -57,3 +57,31 @@ def compose_cfg():
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+# ----------------------------------------------------------------------------- device selection
+def pytest_addoption(parser):
+    parser.addoption(
+        "--only-device", default=None, choices=["cpu", "cuda"],
+        help="run only the device-parametrised tests (a `device` parameter) on this device, and tests/cuda/ "
+             "(benchmarks/gpu_check.py runs the suite with --only-device=cuda on a GPU machine)")
+
+
+def pytest_collection_modifyitems(config, items):
+    device = config.getoption("--only-device")
+    if device is None:
+        return
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise pytest.UsageError("--only-device=cuda: no CUDA device is visible")
+    cuda_dir = Path(__file__).resolve().parent / "cuda"
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        on_device = "device" in params and str(params["device"]).split(":")[0] == device
+        (keep if on_device or cuda_dir in Path(str(item.fspath)).resolve().parents else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+    items[:] = keep

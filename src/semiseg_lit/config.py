@@ -49,6 +49,9 @@ class AugmentConfig:
     # how the scale factor s is drawn from scale_range [a, b]: "uniform" s ~ U(a, b); "split" = the AEL
     # reference's RandResize: s ~ U(a, 1) or U(1, b) with probability 1/2 each (ael.md §9)
     scale_sampling: str = "uniform"
+    # scale, pad and crop in one step on the crop window (data/transforms.RandomScaleCrop): the same draws
+    # and labels, the image equal up to interpolation rounding, without resizing the whole image first
+    crop_first: bool = True
     hflip: bool = True
     # image padding value is the mean colour (0 after normalisation); label padding is ignore (255)
     # by default. AEL parity pads labels with 0 (ael.md §9).
@@ -318,6 +321,14 @@ class TrainerConfig:
     num_sanity_val_steps: int = 0
     limit_val_batches: float | None = None
     fast_dev_run: bool = False
+    # speed (models/compile.py): torch.compile of every network's encoder and decoder (falls back to eager
+    # with one warning where it cannot run), its mode (null = default | reduce-overhead | max-autotune),
+    # its backend, and NHWC (channels_last) weights and activations
+    compile: bool = False
+    compile_mode: str | None = None
+    # inductor (generated kernels) | aot_eager | eager (graph capture only: checks, not speed)
+    compile_backend: str = "inductor"
+    channels_last: bool = False
 
 
 @dataclass

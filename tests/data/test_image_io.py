@@ -197,3 +197,24 @@ def test_check_same_size():
         check_same_size(np.zeros((4, 5, 3)), np.zeros((4, 6)), "i.png", "m.png")
     with pytest.raises(DataError, match="2x3.*3x2"):
         check_same_hw((3, 2), (2, 3), "i.png", "m.png")
+
+
+def test_rgb_png_fast_path_gives_the_pil_pixels_and_falls_back(tmp_path, monkeypatch):
+    """RGB PNGs are decoded by OpenCV: the same array as PIL's; other files take the PIL path."""
+    import semiseg_lit.data.image_io as io
+
+    arr = _rgb(37, 53, seed=3)
+    Image.fromarray(arr).save(tmp_path / "rgb.png")
+    Image.fromarray(arr[..., 0]).save(tmp_path / "grey.png")
+    Image.fromarray(arr).save(tmp_path / "rgb.jpg", quality=95)
+    fast = io._read_rgb_png_fast(tmp_path / "rgb.png")
+    assert fast is not None and fast.flags["C_CONTIGUOUS"]
+    with Image.open(tmp_path / "rgb.png") as im:
+        np.testing.assert_array_equal(fast, np.asarray(im.convert("RGB")))
+    assert io._read_rgb_png_fast(tmp_path / "grey.png") is None  # mode L: PIL converts
+    assert io._read_rgb_png_fast(tmp_path / "rgb.jpg") is None  # JPEG: PIL (decoders may differ by rounding)
+    # a truncated RGB PNG is not decoded by OpenCV (it could return a partial image): PIL raises
+    _truncate(tmp_path / "rgb.png", keep=0.6)
+    assert io._read_rgb_png_fast(tmp_path / "rgb.png") is None
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        read_image(tmp_path / "rgb.png")

@@ -192,3 +192,48 @@ def test_labeled_strong_applies_the_photometric_pipeline_on_top_of_the_same_geom
     rgb = Normalize(MEAN, STD).denormalize(b["image"]).int()
     assert (rgb.max(0).values - rgb.min(0).values).max() <= 1  # grey
     assert not torch.equal(a["image"], b["image"])
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "split"])
+@pytest.mark.parametrize(("h", "w", "crop", "scale"), [
+    (96, 192, 72, (0.5, 2.0)),   # Cityscapes-like aspect: crops inside the scaled image and padded ones
+    (20, 30, 64, (0.1, 2.0)),    # always padded (partner range)
+    (30, 80, [24, 48], (0.5, 2.0)),  # non-square crop
+])
+def test_crop_first_matches_scaling_the_whole_image(sampling, h, w, crop, scale):
+    """RandomScaleCrop (crop window only) against RandomScale + PadIfNeeded + RandomCrop on a random
+    image: same draws, identical labels and flips, pixel values equal up to interpolation rounding."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mask = rng.integers(0, 19, (h, w), dtype=np.uint8)
+    kw = dict(crop=crop, scale_range=scale, hflip=True, pad_label=255, mean=MEAN, std=STD, scale_sampling=sampling)
+    fast, full = LabeledTransform(**kw), LabeledTransform(**kw, crop_first=False)
+    padded = 0
+    for seed in range(12):
+        a, b = fast(image, mask, seed=seed), full(image, mask, seed=seed)
+        assert a["image"].shape == b["image"].shape and a["mask"].shape == b["mask"].shape
+        assert torch.equal(a["mask"], b["mask"])  # nearest: the same source pixel for every output pixel
+        grey = (a["image"] - b["image"]).abs() * torch.tensor(STD).view(3, 1, 1) * 255.0  # in grey levels
+        assert grey.mean() < 0.5 and grey.max() < 24.0  # 1/32-pixel positions vs cv2.resize's 1/2048
+        padded += int((b["mask"] == 255).any())
+    assert padded > 0  # the padded case was exercised
+
+
+def test_crop_first_without_mask_and_on_unlabeled_views():
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    kw = dict(crop=40, scale_range=(0.5, 2.0), hflip=True, pad_label=255, mean=MEAN, std=STD)
+    a = UnlabeledTransform(**kw)(image, seed=5)
+    b = UnlabeledTransform(**kw, crop_first=False)(image, seed=5)
+    assert set(a) == set(b) == {"image", "image_strong"}
+    assert (a["image"] - b["image"]).abs().mean() < 0.5 / 255 / min(STD)
+
+
+def test_normalize_is_the_formula():
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    x = Normalize(MEAN, STD)(image)
+    ref = (torch.from_numpy(image).permute(2, 0, 1).double() / 255.0 - torch.tensor(MEAN).view(3, 1, 1).double()) \
+        / torch.tensor(STD).view(3, 1, 1).double()
+    assert x.shape == (3, 7, 9) and x.dtype == torch.float32 and x.is_contiguous()
+    assert torch.allclose(x.double(), ref, atol=1e-5)

@@ -39,3 +39,19 @@ def test_decay_zero_copies_and_buffers_optional():
     ema_update_(t, s, decay=0.0, average_buffers=True)
     for a, b in zip(t.state_dict().values(), s.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_fused_update_equals_the_per_parameter_loop():
+    """One ``_foreach_lerp_`` over all tensors == ``t ← d·t + (1-d)·s`` parameter by parameter."""
+    from semiseg_lit.models.deeplab import SegmentationNet
+
+    torch.manual_seed(1)
+    s = SegmentationNet(num_classes=3, encoder="resnet18", decoder_channels=16)
+    t = SegmentationNet(num_classes=3, encoder="resnet18", decoder_channels=16)
+    ref = {k: v.clone() for k, v in t.state_dict().items()}
+    d = 0.9
+    ema_update_(t, s, decay=d)
+    for (name, p_t), p_s in zip(t.named_parameters(), s.parameters()):
+        assert torch.allclose(p_t, d * ref[name] + (1 - d) * p_s, atol=1e-6), name
+    for name, buf in t.named_buffers():  # BN statistics are the teacher's own (reference)
+        assert torch.equal(buf, ref[name]), name

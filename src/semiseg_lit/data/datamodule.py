@@ -452,6 +452,7 @@ class SemiSegDataModule(pl.LightningDataModule):
         resize = list(aug.resize) if aug.resize is not None else None
         geo = dict(crop=crop_hw(cfg.crop_size), hflip=bool(aug.hflip), pad_label=int(aug.pad_label),
                    mean=list(cfg.mean), std=list(cfg.std), resize=resize, scale_sampling=str(aug.scale_sampling))
+        geo["crop_first"] = bool(aug.crop_first)
         labeled_strong = build_transforms(aug.strong) if aug.labeled_strong else ()
         self._datasets["labeled"] = SegmentationDataset(
             p.labeled, transform=LabeledTransform(scale_range=list(aug.scale_range), strong=labeled_strong, **geo),

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -108,6 +109,31 @@ class SegMethod(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: poly_lr_factor(step, max_steps, o.poly_power, o.warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def setup(self, stage: str) -> None:
+        """Speed options before training (``trainer.channels_last``, ``trainer.compile``; models/compile.py)."""
+        if stage == "fit":
+            self.apply_speed_options()
+
+    def apply_speed_options(self) -> None:
+        """NHWC weights (``trainer.channels_last``) and compiled encoders/decoders (``trainer.compile``) of
+        every network of the method; where ``torch.compile`` cannot run, one warning and eager training."""
+        from semiseg_lit.models.compile import compile_networks, compile_problem, to_channels_last
+
+        t = self.cfg.trainer
+        if bool(t.get("channels_last", False)):
+            to_channels_last(self)
+        if not bool(t.get("compile", False)) or getattr(self, "_compiled", False):
+            return
+        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        backend = str(t.get("compile_backend") or "inductor")
+        problem = compile_problem(device, backend)
+        if problem is not None:
+            rank_zero_warn(f"trainer.compile=true: torch.compile cannot run on {device} here ({problem}); "
+                           "training continues without compilation (set trainer.compile=false to silence this)")
+            return
+        compile_networks(self, mode=t.get("compile_mode") or None, backend=backend)
+        self._compiled = True
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Seed the global RNG from (seed, step, rank): dropout and every other global-RNG draw of a

@@ -70,7 +70,9 @@ def class_confidence(
     bins = torch.where(valid, safe_target, torch.full_like(safe_target, num_classes)).flatten()
     sums = torch.zeros(num_classes + 1, dtype=torch.float32, device=probs.device)
     sums.scatter_add_(0, bins, p_gt.flatten())
-    counts = torch.bincount(bins, minlength=num_classes + 1)[:num_classes].float()
+    # scatter_add, not bincount: CUDA's bincount reads min/max back to the host (a sync per call)
+    counts = torch.zeros(num_classes + 1, dtype=torch.long, device=probs.device)
+    counts = counts.scatter_add_(0, bins, torch.ones_like(bins))[:num_classes].float()  # exact integer counts
     conf = sums[:num_classes] / (counts + _EPS)
     return conf, counts > 0
 

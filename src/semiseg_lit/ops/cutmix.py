@@ -222,14 +222,17 @@ def mix(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
 def class_presence(pred: Tensor, num_classes: int, min_area: float) -> Tensor:
     """Which classes each image shows: ``present[b, c] = #(pred_b == c) >= min_area·H·W``, bool ``[B, C]``.
 
-    Values of ``pred`` outside ``[0, C)`` are not counted (one ``bincount``, no host sync).
+    Values of ``pred`` outside ``[0, C)`` are not counted (one ``scatter_add_``; not ``bincount``, which
+    on CUDA reads the min/max of its input back to the host: a sync per call).
     """
     _check_label_map(pred, "pred")
     b, h, w = pred.shape
     valid = (pred >= 0) & (pred < num_classes)
     bins = torch.where(valid, pred, num_classes).long()
     bins = bins + (torch.arange(b, device=pred.device) * (num_classes + 1)).view(b, 1, 1)
-    counts = torch.bincount(bins.flatten(), minlength=b * (num_classes + 1)).view(b, num_classes + 1)
+    flat = bins.flatten()
+    counts = torch.zeros(b * (num_classes + 1), dtype=torch.long, device=pred.device)
+    counts = counts.scatter_add_(0, flat, torch.ones_like(flat)).view(b, num_classes + 1)
     return counts[:, :num_classes] >= min_area * h * w
 
 
