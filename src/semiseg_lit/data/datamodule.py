@@ -337,8 +337,9 @@ class SemiSegDataModule(pl.LightningDataModule):
                              f"(global) is not divisible by the world size {world}")
         per = total // world
         if per < 2:
-            raise ValueError(f"{stream} batch per device is {per} (global {total} / world {world}); at least "
-                             "2 images per device are needed (BatchNorm breaks on a batch of one)")
+            raise ValueError(f"data.{key}_batch_size={total} gives a {stream} batch per device of {per} "
+                             f"(global {total} / world {world}); at least 2 images per device are needed "
+                             f"(BatchNorm breaks on a batch of one): set data.{key}_batch_size={2 * world} or more")
         return per
 
     def _consumed_batches(self) -> int:

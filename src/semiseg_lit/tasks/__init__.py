@@ -5,10 +5,12 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from semiseg_lit.config import TASKS, check_schema
+from semiseg_lit.errors import UserError, checking_input
 
 
 def run_task(cfg: DictConfig) -> float | None:
-    check_schema(cfg)  # before any work: keys added with `+key=value` must exist in the schema
+    with checking_input():
+        check_schema(cfg)  # before any work: keys added with `+key=value` must exist in the schema
     task = cfg.task
     if task == "train":
         from semiseg_lit.tasks.train import train
@@ -30,4 +32,4 @@ def run_task(cfg: DictConfig) -> float | None:
         from semiseg_lit.tasks.export import export
 
         return export(cfg)
-    raise ValueError(f"task={task!r} is not one of {', '.join(TASKS)}")
+    raise UserError(f"task={task!r} is not one of {', '.join(TASKS)}")
