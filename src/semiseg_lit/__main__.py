@@ -109,10 +109,28 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         return run_task(cfg)
     except Exception as exc:
-        # reported here, inside the job (a multirun goes on with the next job and re-raises the first
-        # failure at its end); main() only turns it into the exit code
-        exc.semiseg_exit_code = report_error(exc, debug_requested(cfg=cfg))  # type: ignore[attr-defined]
+        # reported here, inside the job; main() only turns it into the exit code. A multirun goes on with
+        # the next job and re-raises the first failure at its end (Hydra then names that job's overrides);
+        # a single run returns, so that Hydra does not print its "Error executing job" line after the block
+        code = report_error(exc, debug_requested(cfg=cfg))
+        exc.semiseg_exit_code = code  # type: ignore[attr-defined]
+        if not _in_multirun():
+            _failed_run_exit_code.append(code)
+            return None
         raise
+
+
+_failed_run_exit_code: list[int] = []
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - no Hydra config: not a multirun
+        return False
 
 
 def main() -> int:
@@ -124,9 +142,10 @@ def main() -> int:
     saved = {k: os.environ.get(k) for k in ("HYDRA_FULL_ERROR", _USER_FULL_ERROR)}
     os.environ.setdefault(_USER_FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR", ""))
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    _failed_run_exit_code.clear()
     try:
         _hydra_main()
-        return 0
+        return _failed_run_exit_code[-1] if _failed_run_exit_code else 0
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted (Ctrl-C)\n")
         return 130

@@ -5,8 +5,8 @@ preemption during the write leaves a truncated ``last.ckpt``. Here the checkpoin
 a temporary file in the same folder, flushed to disk, and moved into place with ``os.replace``
 (atomic on POSIX and Windows).
 
-Before anything is written, every floating-point tensor of the checkpoint (weights, BatchNorm buffers,
-optimizer state, callback state) is checked: a checkpoint holding NaN/inf is refused
+Before anything is written, every floating-point tensor of the trained state (the state dict: weights,
+BatchNorm buffers, EMA teacher; and the optimizer state) is checked: a checkpoint holding NaN/inf is refused
 (:class:`NonFiniteCheckpointError`), so the file already on disk, the last finite state, stays. The
 file gets the permissions of a normally created file (``0666 & ~umask``), not the temporary file's
 0600. A folder that cannot be written (read-only, full) fails with :class:`CheckpointWriteError` naming
@@ -54,10 +54,18 @@ def _float_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tens
             yield from _float_tensors(value, f"{prefix}.{i}" if prefix else str(i))
 
 
+# the parts of a Lightning checkpoint that hold the trained state: the module's state dict (weights, BN
+# buffers, EMA teacher) and the optimizer state. (Callback state may hold legitimate infinities, e.g.
+# ModelCheckpoint's initial best score.)
+CHECKED_PARTS = ("state_dict", "optimizer_states")
+
+
 def nonfinite_tensors(checkpoint: Any) -> list[str]:
-    """Key paths of the tensors of ``checkpoint`` holding a NaN or inf (one host sync per device)."""
+    """Key paths of the tensors of ``checkpoint[part]`` (:data:`CHECKED_PARTS`) holding a NaN or inf
+    (one host sync per device)."""
     by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
-    for name, tensor in _float_tensors(checkpoint):
+    parts = {k: checkpoint[k] for k in CHECKED_PARTS if k in checkpoint} if isinstance(checkpoint, dict) else {}
+    for name, tensor in _float_tensors(parts):
         if tensor.numel():
             by_device.setdefault(tensor.device, []).append((name, tensor))
     bad: list[str] = []

@@ -6,8 +6,8 @@ The rule (README "Reliability"):
   checkpoint, an output folder that already holds a run. It is
 
   - any :class:`UserError` (``CheckpointError``, ``RunFolderError``, ... subclass it), or
-  - a ``ValueError`` / ``KeyError`` / ``FileNotFoundError`` / ``NotADirectoryError`` /
-    ``IsADirectoryError`` raised while a task checks its input, i.e. inside :func:`checking_input`
+  - a ``ValueError`` / ``KeyError`` / ``FileNotFoundError`` / ``FileExistsError`` / ``NotADirectoryError`` /
+    ``IsADirectoryError`` / ``PermissionError`` raised while a task checks its input, i.e. inside :func:`checking_input`
     (config, data and checkpoint validation, before any training or inference work). The data
     helpers keep raising ``ValueError`` subclasses (``DataError``, ``SplitError``) with full messages;
     this rule is what makes them user errors.
@@ -33,8 +33,8 @@ EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
 
 # exception types that are user errors when raised while the input is checked (checking_input)
-USER_INPUT_TYPES: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, NotADirectoryError,
-                                                     IsADirectoryError)
+USER_INPUT_TYPES: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, FileExistsError,
+                                                     NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 class UserError(ValueError):

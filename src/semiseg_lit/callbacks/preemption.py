@@ -133,9 +133,8 @@ class Preemption(Callback):
                        "resume with ckpt_path=last (same hydra.run.dir) or ckpt_path=auto")
 
     def _save_after_failed_validation(self, trainer: pl.Trainer, exception: BaseException) -> None:
-        if (trainer.state.stage != RunningStage.VALIDATING or trainer.world_size > 1
-                or not isinstance(exception, Exception)
-                or isinstance(exception, (FloatingPointError, RunFailure))):
+        if (not isinstance(exception, Exception) or isinstance(exception, (FloatingPointError, RunFailure))
+                or trainer.state.stage != RunningStage.VALIDATING or trainer.world_size > 1):
             return
         try:
             trainer.save_checkpoint(self.ckpt_path, weights_only=False)

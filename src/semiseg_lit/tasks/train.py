@@ -79,7 +79,9 @@ RESUME_KEYS = ("seed", "trainer.max_steps", "data.labeled_batch_size", "data.unl
 
 
 def check_same_schedule(saved: dict, path: str | Path, cfg: DictConfig) -> None:
-    """Refuse (``resume_check=strict``) or warn (``warn``) when :data:`RESUME_KEYS` differ from the checkpoint's."""
+    """Refuse (``resume_check=strict``) or warn (``warn``) when :data:`RESUME_KEYS` differ from the checkpoint's.
+    ``trainer.max_steps`` under a constant LR (``method.optim.scheduler=constant`` in both) is only warned
+    about: it decides where training ends, not the poly schedule's learning rates."""
     def value(tree, key):
         node = tree
         for part in key.split("."):
@@ -89,17 +91,23 @@ def check_same_schedule(saved: dict, path: str | Path, cfg: DictConfig) -> None:
         return node, True
 
     now = OmegaConf.to_container(cfg, resolve=True)
-    diff = []
+    # with a constant LR, max_steps only says when training ends: a longer / shorter run is safe (warned)
+    constant_lr = all(value(tree, "method.optim.scheduler")[0] == "constant" for tree in (saved, now))
+    diff, safe = [], []
     for key in RESUME_KEYS:
         old, had = value(saved, key)
         new, has = value(now, key)
         if had and has and old != new:
-            diff.append(f"{key}={old!r} in the checkpoint, {new!r} now")
-    if not diff:
-        return
+            (safe if key == "trainer.max_steps" and constant_lr else diff).append(
+                f"{key}={old!r} in the checkpoint, {new!r} now")
     mode = str(cfg.get("resume_check", "strict"))
     if mode not in ("strict", "warn"):
         raise UserError(f"resume_check={mode!r}: expected strict | warn")
+    if safe:
+        log.warning("resuming %s with %s (method.optim.scheduler=constant: only where training ends changes)",
+                    path, "; ".join(safe))
+    if not diff:
+        return
     text = (f"resuming {path} with other settings than it was trained with: {'; '.join(diff)}")
     if mode == "warn":
         log.warning("%s (resume_check=warn: continuing; the run is not the one the checkpoint started)", text)
