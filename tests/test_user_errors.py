@@ -511,3 +511,29 @@ def test_two_step_run_prints_what_a_user_can_act_on_and_ends_with_the_table(synt
     tail = text[text.rfind("Final evaluation"):].rstrip().splitlines()
     assert "wandb:" not in "\n".join(tail)  # W&B's run summary came before the table
     assert tail[-1].startswith("W&B run:") and tail[-2].startswith("metrics:") and tail[-3].startswith("checkpoints:")
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_saves_a_resumable_checkpoint(synth_root, tmp_path):
+    """SIGINT to the whole process group (main process and its DataLoader workers), as a terminal sends it."""
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "semiseg_lit", *tiny_overrides(synth_root, out), *SUPERVISED, "data.num_workers=2",
+           "trainer.max_steps=200", f"hydra.run.dir={out}"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    log = tmp_path / "run.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
+    last = out / "checkpoints" / "last.ckpt"
+    t0 = time.time()
+    while not last.is_file():  # the first validation (step 2) wrote it: training is under way
+        assert proc.poll() is None and time.time() - t0 < 300, log.read_text()[-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    rc = proc.wait(timeout=180)
+    text = log.read_text()
+    assert rc == 130, text[-3000:]
+    assert "SIGINT received: training state at step" in text and "Traceback" not in text, text[-3000:]
+    assert 2 <= load_checkpoint(last)["global_step"] < 200
+    assert not (out / "metrics.json").exists()

@@ -46,7 +46,7 @@ def resolve_ckpt_path(ckpt_path: str | None, out: Path, cfg: DictConfig | None =
             raise CheckpointError(f"ckpt_path=last but {last} does not exist; point hydra.run.dir at the "
                                   "interrupted run's folder or give the checkpoint path")
         ckpt_path = str(last)
-    checkpoint = load_checkpoint(ckpt_path)  # a folder, a missing or a corrupt file: an error naming it  # clear error on a corrupt file before any work
+    checkpoint = load_checkpoint(ckpt_path)  # a folder, a missing or a corrupt file: an error naming it
     if cfg is not None:
         check_resumable(checkpoint, ckpt_path, cfg)
     return ckpt_path
