@@ -318,6 +318,18 @@ def test_checkpoint_callback_never_versions_files(tmp_path):
     assert ckpt._enable_version_counter is False
 
 
+def test_corrupt_checkpoint_is_one_message_without_unsafe_advice_or_chain(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(bad)
+    msg = str(info.value)
+    assert str(bad) in msg and "refused for safety" in msg and "set to `False`" not in msg
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # printed once, not chained
+    code, text = _report(info.value)
+    assert code == 2 and text.count(str(bad)) == 1
+
+
 def test_missing_or_folder_checkpoint_is_named(tmp_path):
     with pytest.raises(CheckpointError, match=r"does not exist \(ckpt_path="):
         load_checkpoint(tmp_path / "nope.ckpt")

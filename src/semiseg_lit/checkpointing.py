@@ -153,8 +153,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({type(exc).__name__}: {first}); "
-                              "use another checkpoint (e.g. best.ckpt or an earlier copy)") from None
+        if "Weights only load failed" in first:  # torch's advice to load unsafely does not belong here
+            first = ("not a tensor checkpoint, or it holds pickled Python objects, which are refused for safety "
+                     "(checkpoints are read with torch.load(weights_only=True))")
+        else:
+            first = f"{type(exc).__name__}: {first}"
+        raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({first}); use another checkpoint "
+                              "(e.g. best.ckpt or an earlier copy)") from None
 
 
 def check_compatible(checkpoint: dict[str, Any], path: str | os.PathLike, num_classes: int) -> None:
