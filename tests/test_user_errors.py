@@ -152,6 +152,26 @@ def test_user_error_is_one_block_exit_2():
     assert len(text.strip().splitlines()) == 2  # the message and the exit-code line
 
 
+def test_error_from_a_dataloader_worker_shows_its_message_not_the_worker_stack():
+    from semiseg_lit.data.image_io import DataError
+
+    def boom():
+        raise DataError("image /d/val/x.png is truncated or corrupt")
+
+    try:
+        boom()
+    except DataError:
+        from torch._utils import ExceptionWrapper
+
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 1")
+    with pytest.raises(DataError) as info:
+        wrapped.reraise()
+    assert "Traceback" in str(info.value)  # torch puts the worker's stack into the message
+    code, text = _report(info.value)
+    assert code == 2 and "Traceback" not in text
+    assert text.startswith("error: image /d/val/x.png is truncated or corrupt (in DataLoader worker process 1)")
+
+
 def test_input_errors_raised_while_checking_are_user_errors_and_keep_their_type():
     for exc in (ValueError("data.root=/x: no such folder"), KeyError("data.foo is not a key"),
                 FileNotFoundError("split file /x/labeled.txt not found")):

@@ -52,6 +52,14 @@ def _message(exc: BaseException) -> str:
         text = exc.args[0]  # str(KeyError) is the repr of its argument
     else:
         text = str(exc).strip() or type(exc).__name__
+    worker_tb = "Original Traceback (most recent call last):"
+    if worker_tb in text:  # re-raised from a DataLoader worker: keep its message, not the worker's stack
+        head, _, rest = text.partition(worker_tb)
+        marker = f"{type(exc).__name__}: "  # the last line: "[module.]DataError: <message>"
+        start = rest.rfind(marker)
+        if start >= 0:
+            where = head.strip().removeprefix(f"Caught {type(exc).__name__} ").rstrip(".")
+            text = f"{rest[start + len(marker):].strip()} ({where})"
     return "\n".join([text, *getattr(exc, "__notes__", [])])
 
 
