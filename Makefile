@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml setup.cfg $(CONSTRAINTS)
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
 
-## train the default experiment (supervised_synthscapes: the embedded dataset) on the CPU
+## train the default experiment (AEL on synthscapes, the embedded dataset: = +experiment=ael_synthscapes) on the CPU
 run: install
 	$(PY) -m semiseg_lit trainer.accelerator=cpu $(ARGS)
 

@@ -401,6 +401,9 @@ class EvalConfig:
     flip: bool = False
     # student | teacher; null = method.eval_model
     model: str | None = None
+    # task=eval logs to W&B (logger.wandb) only when true; the IoU table is printed and written beside
+    # the checkpoint either way
+    wandb: bool = False
 
 
 @dataclass
@@ -463,6 +466,14 @@ class RootConfig:
     parity: str = "reference"
     # the official run a reference experiment reproduces (null for every other experiment)
     reference: ReferenceConfig | None = None
+    # replace what is in the output folder: the run folder of task=train (old checkpoints, metrics, logs)
+    # and existing prediction files of task=predict; false = refuse with a message (nothing is overwritten)
+    overwrite: bool = False
+    # resuming (ckpt_path) with another seed, batch size, max_steps or data split: strict = refuse,
+    # warn = a loud warning naming the keys, then resume
+    resume_check: str = "strict"
+    # print the stack trace of every error (like HYDRA_FULL_ERROR=1)
+    debug: bool = False
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

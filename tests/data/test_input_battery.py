@@ -230,7 +230,7 @@ def test_bad_config_on_the_command_line_is_one_error_and_writes_nothing(tree, tm
     out = tmp_path / "run"
     before = existing_run(out)
     res = _cli([*overrides(tree, out), f"hydra.run.dir={out}", bad], tmp_path)
-    assert res.returncode != 0
+    assert res.returncode == 2  # a user error
     for needle in needles:
         assert needle in res.stderr, res.stderr
     assert "Traceback" not in res.stderr, res.stderr
@@ -243,8 +243,8 @@ def test_bad_file_through_the_command_line(tree, tmp_path):
     out = tmp_path / "run"
     before = existing_run(out)
     res = _cli([*overrides(tree, out), f"hydra.run.dir={out}"], tmp_path)
-    assert res.returncode != 0
-    assert res.stderr.count("Error executing job") == 1, res.stderr[-3000:]
-    assert "1 problem in the labeled images" in res.stderr and f"{bad}: cannot read" in res.stderr
+    assert res.returncode == 2  # a user error: one block, no stack trace
+    assert res.stderr.count("error: ") == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "error: 1 problem in the labeled images" in res.stderr and f"{bad}: cannot read" in res.stderr
     # Hydra records the latest invocation in .hydra/ and appends to its log; our files are untouched
     assert snapshot(out, skip=(".hydra", "__main__.log")) == before

@@ -210,8 +210,8 @@ def test_output_inside_the_input_folder_is_not_read_back(ckpt, tmp_path):
     inp = tmp_path / "in"
     write_image(inp / "a.png", 30, 30, seed=0)
     out = inp / "pred"
-    for _ in range(2):
-        run_task(predict_cfg(ckpt, inp, out))
+    for i in range(2):  # the second run replaces its own earlier predictions: overwrite=true
+        run_task(predict_cfg(ckpt, inp, out, *(["overwrite=true"] if i else [])))
         assert json.loads((out / "predictions.json").read_text())["written"] == ["a.png"]
     assert [p.relative_to(inp).as_posix() for p in list_images(inp, exclude=out)] == ["a.png"]
 

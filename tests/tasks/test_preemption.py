@@ -103,7 +103,7 @@ def test_only_a_sigterm_exception_during_fit_saves(tmp_path):
         class state:
             fn = TrainerFn.FITTING
 
-        def save_checkpoint(self, path):
+        def save_checkpoint(self, path, weights_only=None):
             self.saved.append(path)
 
     cb, trainer = Preemption(tmp_path / "last.ckpt"), FakeTrainer()

@@ -142,6 +142,33 @@ def resolve_class_info(cfg: DictConfig) -> ClassInfo:
     return ClassInfo(name=cfg.name, names=tuple(names), palette=tuple(palette), head=head, tail=tail)
 
 
+def per_device_batch_size(key: str, total: int, world: int, virtual_ranks: int = 1,
+                          sync_batchnorm: bool = False) -> int:
+    """Images per device of the ``data.<key>_batch_size`` stream (batch sizes are global), or a
+    ``ValueError`` naming the key: the batch must divide over the devices and over the emulated GPUs
+    (``method.ael.virtual_ranks``), and BatchNorm needs 2 images per device, or per run with
+    SyncBatchNorm on several devices (the reference's SyncBN with 1 image per GPU)."""
+    if total < 1:
+        raise ValueError(f"data.{key}_batch_size={total}: expected a positive number of images per step")
+    if total % world:
+        raise ValueError(f"data.{key}_batch_size={total} (global) is not divisible by the {world} device(s) of the "
+                         "run: use a multiple of the device count")
+    per = total // world
+    groups = groups_per_device(virtual_ranks, world)
+    if per % groups:
+        raise ValueError(f"data.{key}_batch_size={total} (global) does not split over method.ael.virtual_ranks="
+                         f"{virtual_ranks} emulated GPUs: give a multiple of {virtual_ranks} (the "
+                         f"reference: 2 labeled and 1 unlabeled per GPU, i.e. {2 * virtual_ranks} and "
+                         f"{virtual_ranks})")
+    # BatchNorm needs 2 values per channel: the device batch, or with SyncBatchNorm the global one
+    if per < 2 and not (sync_batchnorm and world > 1 and total >= 2):
+        raise ValueError(f"data.{key}_batch_size={total} gives {per} image(s) per device ({world} device(s)); "
+                         f"BatchNorm needs at least 2 images per device: set data.{key}_batch_size={2 * world} or "
+                         "more, or on several devices trainer.sync_batchnorm=true (BatchNorm over all devices, as "
+                         "the reference's SyncBN)")
+    return per
+
+
 class SemiSegDataModule(pl.LightningDataModule):
     """Labeled + unlabeled training streams, validation/test loaders, for every method.
 
@@ -490,26 +517,9 @@ class SemiSegDataModule(pl.LightningDataModule):
         return groups_per_device(self.virtual_ranks, self._world()[1])
 
     def per_device_batch(self, stream: str) -> int:
-        _, world = self._world()
         key = "unlabeled" if stream in ("unlabeled", "bank") else "labeled"
-        total = int(self.cfg[f"{key}_batch_size"])
-        if total % world:
-            raise ValueError(f"data.{key}_batch_size={total} "
-                             f"(global) is not divisible by the world size {world}")
-        per = total // world
-        groups = self.groups_per_device()
-        if per % groups:
-            raise ValueError(f"data.{key}_batch_size={total} (global) does not split over method.ael.virtual_ranks="
-                             f"{self.virtual_ranks} emulated GPUs: give a multiple of {self.virtual_ranks} (the "
-                             f"reference: 2 labeled and 1 unlabeled per GPU, i.e. {2 * self.virtual_ranks} and "
-                             f"{self.virtual_ranks})")
-        # BatchNorm needs 2 values per channel: the device batch, or with SyncBatchNorm the global one
-        if per < 2 and not (self.sync_batchnorm and world > 1 and total >= 2):
-            raise ValueError(f"{stream} batch per device is {per} (data.{key}_batch_size={total} global / world "
-                             f"{world}); BatchNorm needs at least 2 images per device: give data.{key}_batch_size >= "
-                             f"{2 * world}, or on several devices set trainer.sync_batchnorm=true (BatchNorm over "
-                             "all devices, as the reference's SyncBN)")
-        return per
+        return per_device_batch_size(key, int(self.cfg[f"{key}_batch_size"]), self._world()[1], self.virtual_ranks,
+                                     self.sync_batchnorm)
 
     def _consumed_batches(self) -> int:
         """Training batches already consumed (non-zero when resuming from a checkpoint)."""

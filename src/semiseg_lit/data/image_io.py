@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from semiseg_lit.errors import UserError
+
 __all__ = [
     "DataError",
     "read_image",
@@ -36,8 +38,9 @@ _INDEX_MODES = ("P", "L", "1", "LA", "PA")
 _MAX_LISTED = 10
 
 
-class DataError(ValueError):
-    """A data file (image, mask) or data folder is missing, unreadable or inconsistent."""
+class DataError(UserError):
+    """A data file (image, mask) or data folder is missing, unreadable or inconsistent (a ``ValueError``;
+    a user error wherever it is raised, e.g. a val image that breaks during training: exit code 2)."""
 
 
 def _open_loaded(path: PathLike, what: str) -> Image.Image:

@@ -100,11 +100,16 @@ class ShardSampler(Sampler):
 
 
 def worker_init(worker_id: int) -> None:
-    """Keep each DataLoader worker single-threaded in OpenCV/torch (the workers are the parallelism)."""
+    """Keep each DataLoader worker single-threaded in OpenCV/torch (the workers are the parallelism), and
+    let Ctrl-C reach the main process only: it ends training with a checkpoint (callbacks/preemption.py)
+    and needs its workers alive until then (a terminal sends SIGINT to the whole process group)."""
+    import signal
+
     import cv2
 
     cv2.setNumThreads(0)
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class CutMixBankSampler(Sampler):

@@ -768,6 +768,10 @@ def ensure_synthscapes(root: Path, **params: Any) -> Path:
         if root.exists():
             _check_replaceable(root)
             log.info("synthscapes: regenerating %s (parameters or generator version changed)", root)
+        else:
+            log.info("synthscapes: generating the dataset once into %s (%d train + %d val images of %dx%d); "
+                     "later runs reuse it", root, wanted["n_train"], wanted["n_val"], wanted["height"],
+                     wanted["width"])
         tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             generate_synthscapes(tmp, **wanted, num_workers=num_workers)

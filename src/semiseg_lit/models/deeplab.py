@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semiseg_lit.errors import RunFailure
+
 
 class CheckpointMismatchError(ValueError):
     """A state dict that does not fit the configured network (other architecture / class count)."""
@@ -117,7 +119,7 @@ class SegmentationNet(nn.Module):
                              f"; timm encoders as 'tu-<name>'): {exc}") from exc
         except Exception as exc:
             if encoder_weights and not local_file:
-                raise RuntimeError(
+                raise RunFailure(  # a RuntimeError: one message, no stack trace
                     f"could not load model.encoder_weights={encoder_weights!r} for {encoder!r} ({exc}). Without a "
                     "network, set model.encoder_weights=null or a path to a local state-dict file.") from exc
             raise

@@ -38,6 +38,7 @@ import segmentation_models_pytorch as smp
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from semiseg_lit.errors import RunFailure
 from semiseg_lit.models.deeplab import read_weights_file
 from semiseg_lit.ops.eln_targets import eln_inputs
 
@@ -118,9 +119,9 @@ class ErrorLocalizationNet(nn.Module):
             raise ValueError(f"encoder_name={encoder_name!r} is not an smp encoder: {exc}") from exc
         except Exception as exc:
             if encoder_weights and not local_file:
-                raise RuntimeError(
+                raise RunFailure(  # a RuntimeError: one message, no stack trace
                     f"could not load ELN encoder_weights={encoder_weights!r} for {encoder_name!r} ({exc}). "
-                    "Offline, use encoder_weights=None or a path to a local encoder state dict.") from exc
+                    "Offline, set method.eln.encoder_weights=null or a path to a local encoder state dict.") from exc
             raise
         self.encoder = net.encoder
         self.decoder = net.decoder

@@ -5,13 +5,15 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from semiseg_lit.config import PARITY_MODES, TASKS, check_schema
+from semiseg_lit.errors import UserError, checking_input
 
 
 def run_task(cfg: DictConfig) -> float | None:
-    check_schema(cfg)  # before any work: keys added with `+key=value` must exist in the schema
-    if cfg.get("parity", "reference") not in PARITY_MODES:
-        raise ValueError(f"parity={cfg.parity!r}: expected one of {', '.join(PARITY_MODES)} (reference = the "
-                         "official code's behaviour, clean = the deliberate fixes; README 'Deliberate differences')")
+    with checking_input():
+        check_schema(cfg)  # before any work: keys added with `+key=value` must exist in the schema
+        if cfg.get("parity", "reference") not in PARITY_MODES:
+            raise ValueError(f"parity={cfg.parity!r}: expected one of {', '.join(PARITY_MODES)} (reference = the "
+                             "official code's behaviour, clean = the deliberate fixes; README 'Deliberate differences')")
     task = cfg.task
     if task == "train":
         from semiseg_lit.tasks.train import train
@@ -37,4 +39,4 @@ def run_task(cfg: DictConfig) -> float | None:
         from semiseg_lit.tasks.export import export
 
         return export(cfg)
-    raise ValueError(f"task={task!r} is not one of {', '.join(TASKS)}")
+    raise UserError(f"task={task!r} is not one of {', '.join(TASKS)}")

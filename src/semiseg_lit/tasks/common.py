@@ -15,7 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
 from semiseg_lit.checkpointing import AtomicCheckpointIO
-from semiseg_lit.data.datamodule import SemiSegDataModule
+from semiseg_lit.console import drop_wandb_anonymous_setting, quiet_third_party
+from semiseg_lit.data.datamodule import SemiSegDataModule, per_device_batch_size
+from semiseg_lit.data.transforms import crop_hw
+from semiseg_lit.errors import RunFolderError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +86,96 @@ def reference_override_warnings(cfg: DictConfig) -> list[str]:
     return msgs
 
 
+def _world_size(trainer_cfg: DictConfig) -> int | None:
+    """Processes of the run from ``trainer.devices`` x ``trainer.num_nodes`` (None when ``auto`` / -1)."""
+    devices = trainer_cfg.devices
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
+        n = devices
+    elif isinstance(devices, str) and devices.strip().isdigit() and int(devices) > 0:
+        n = int(devices)
+    elif OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        n = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        n = len([d for d in devices.split(",") if d.strip()])
+    else:
+        return None
+    return n * max(1, int(trainer_cfg.num_nodes))
+
+
+def check_run_options(cfg: DictConfig, stage: str) -> None:
+    """Values the trainer / loaders would accept but that cannot work (or run forever) fail here, naming
+    the key, before any data is read or a trainer is built."""
+    t, d = cfg.trainer, cfg.data
+    crop_hw(d.crop_size, "data.crop_size")
+    if d.val_crop_size is not None:
+        crop_hw(d.val_crop_size, "data.val_crop_size")
+    if int(d.val_batch_size) < 1:
+        raise UserError(f"data.val_batch_size={d.val_batch_size}: expected at least 1")
+    if int(d.num_workers) < 0:
+        raise UserError(f"data.num_workers={d.num_workers}: expected 0 (load in the main process) or more")
+    if stage != "fit":
+        return
+    if int(t.max_steps) <= 0:
+        raise UserError(f"trainer.max_steps={t.max_steps}: expected a positive number of training steps "
+                        "(0 would save an untrained model, -1 would train forever), e.g. trainer.max_steps=1000")
+    for key in ("val_check_interval", "log_every_n_steps", "accumulate_grad_batches"):
+        if int(t[key]) < 1:
+            raise UserError(f"trainer.{key}={t[key]}: expected a positive integer")
+    world = _world_size(t)
+    cls = method_class(cfg)
+    streams = set(cls.required_streams(cfg))
+    keys = ["labeled"] + (["unlabeled"] if streams & {"unlabeled", "bank"} else [])
+    for key in keys:
+        total = int(d[f"{key}_batch_size"])
+        if world is None:  # devices=auto: only the sign can be checked before the trainer exists
+            if total < 1:
+                raise UserError(f"data.{key}_batch_size={total}: expected a positive number of images per step")
+            continue
+        try:
+            per_device_batch_size(key, total, world, cls.virtual_ranks(cfg), bool(t.sync_batchnorm))
+        except ValueError as exc:
+            raise UserError(f"{exc} (trainer.devices={t.devices}, trainer.num_nodes={t.num_nodes})") from None
+
+
+# files of a finished or interrupted run (task=train) in its output folder
+RUN_FILES = ("checkpoints/*.ckpt", "metrics.json", "csv/metrics*.csv", "config_resolved.yaml")
+
+
+def existing_run_files(out: Path) -> list[Path]:
+    """The files of an earlier run in ``out`` (sorted); Hydra's own ``.hydra/`` and log are not a run."""
+    return sorted({p for pattern in RUN_FILES for p in out.glob(pattern) if p.is_file()})
+
+
+def check_run_folder(out: Path, ckpt_path: str | None, overwrite: bool) -> None:
+    """Refuse a new run into a folder that holds an earlier run, unless it resumes that run
+    (``ckpt_path`` is one of the folder's own checkpoints) or ``overwrite=true`` (then the earlier run's
+    files are removed first, so nothing stale is mixed with the new run)."""
+    found = existing_run_files(out)
+    if not found:
+        return
+    own = (out / "checkpoints").resolve()
+    if ckpt_path is not None and Path(ckpt_path).resolve().parent == own:
+        return
+    if overwrite:
+        for p in found:
+            p.unlink(missing_ok=True)
+        log.warning("overwrite=true: removed the earlier run's files in %s (%s)", out,
+                    ", ".join(str(p.relative_to(out)) for p in found))
+        return
+    listed = ", ".join(str(p.relative_to(out)) for p in found[:6]) + (" ..." if len(found) > 6 else "")
+    what = "resume it" if ckpt_path is None else f"ckpt_path={ckpt_path} is not one of its checkpoints"
+    raise RunFolderError(
+        f"the output folder {out} already holds a run ({listed}); a new run would overwrite it. To continue "
+        f"that run, give ckpt_path=last (or ckpt_path=auto){'' if ckpt_path is None else f' ({what})'}; to "
+        "start a new one, choose another folder (hydra.run.dir=... or paths.output_dir=...); to replace it, "
+        "add overwrite=true")
+
+
 def prepare_run(cfg: DictConfig, stage: str) -> tuple[Path, SemiSegDataModule, pl.LightningModule]:
     """Seed, create the output folder, resolve and check the data, build the method: everything
     that can fail on bad input happens here, before a trainer starts."""
+    quiet_third_party()
+    check_run_options(cfg, stage)
     check_method_options(cfg)
     if stage == "fit":
         for msg in reference_override_warnings(cfg):
@@ -95,7 +185,7 @@ def prepare_run(cfg: DictConfig, stage: str) -> tuple[Path, SemiSegDataModule, p
     out.mkdir(parents=True, exist_ok=True)
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
-    datamodule.setup(stage)
+    datamodule.setup(stage)  # data.n_labeled and the other data keys are named by the data module's checks
     return out, datamodule, build_method(cfg, datamodule)
 
 
@@ -196,6 +286,7 @@ def build_loggers(cfg: DictConfig, out: Path) -> list:
                 entity=lcfg.wandb.entity, group=ident["group"], job_type=ident["job_type"],
                 tags=list(lcfg.wandb.tags) or None,
                 log_model=lcfg.wandb.log_model, offline=(mode == "offline"), config=config))
+            drop_wandb_anonymous_setting(loggers[-1])
     return loggers
 
 
@@ -204,8 +295,14 @@ def build_callbacks(cfg: DictConfig, out: Path, has_logger: bool) -> list[Callba
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=ccfg.checkpoint.monitor,
                         mode=ccfg.checkpoint.mode, save_top_k=1, save_last=ccfg.checkpoint.save_last,
-                        auto_insert_metric_name=False),
+                        auto_insert_metric_name=False,
+                        # last.ckpt / best.ckpt are replaced in place (atomically), never versioned as
+                        # last-v1.ckpt: after a resume last.ckpt stays the newest state, best.ckpt the best
+                        enable_version_counter=False),
     ]
+    from semiseg_lit.callbacks.progress import ParameterSummary
+
+    callbacks.append(ParameterSummary())
     # DDP: identical BN statistics on every rank at validation / the end of training (no-op on 1 process)
     from semiseg_lit.callbacks.buffer_sync import SyncBatchNormStatistics
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from semiseg_lit.checkpointing import CheckpointError, check_compatible, load_checkpoint
+from semiseg_lit.errors import UserError, checking_input
 from semiseg_lit.tasks.common import build_loggers, build_trainer, prepare_run
-from semiseg_lit.tasks.train import _finish_wandb, report, scores_to_json
+from semiseg_lit.tasks.train import _finish_wandb, report_text, scores_to_json
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +38,22 @@ def config_for_checkpoint(cfg: DictConfig, checkpoint: dict, path: Path) -> Dict
 
 
 def evaluate(cfg: DictConfig) -> float:
-    if not cfg.ckpt_path:
-        raise ValueError("task=eval needs ckpt_path=<checkpoint file>")
-    path = Path(cfg.ckpt_path)
-    checkpoint = load_checkpoint(path)
-    cfg = config_for_checkpoint(cfg, checkpoint, path)
-    out, datamodule, model = prepare_run(cfg, "validate")
-    try:
-        model.load_state_dict(checkpoint["state_dict"], strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit the network it describes: {exc}") from exc
+    with checking_input():
+        if not cfg.ckpt_path:
+            raise UserError("task=eval needs ckpt_path=<checkpoint file>")
+        path = Path(cfg.ckpt_path)
+        checkpoint = load_checkpoint(path)
+        cfg = config_for_checkpoint(cfg, checkpoint, path)
+        out, datamodule, model = prepare_run(cfg, "validate")
+        try:
+            model.load_state_dict(checkpoint["state_dict"], strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(f"checkpoint {path} does not fit the network it describes: {first}") from None
+    if not cfg.eval.get("wandb", False):  # an evaluation opens a W&B run only when asked (eval.wandb=true)
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.logger.wandb.enabled = False
     loggers = build_loggers(cfg, out)
     trainer = build_trainer(cfg, out, callbacks=[], loggers=loggers)
     try:
@@ -65,8 +72,9 @@ def evaluate(cfg: DictConfig) -> float:
                 for name, iou in result["per_class_iou"].items():
                     w.writerow([name, f"{iou:.6f}"])
                 w.writerow(["mIoU", f"{result['miou']:.6f}"])
-            report(cfg, out, scores, datamodule.class_info, loggers)
-            print(f"evaluation written to {stem}_eval.json and {stem}_eval.csv", flush=True)
+            text = report_text(cfg, out, scores, datamodule.class_info, loggers, paths=False)
+            _finish_wandb(loggers)  # W&B's run summary first: the table and the paths are the last lines
+            print(f"{text}\nevaluation written to {stem}_eval.json and {stem}_eval.csv", flush=True)
         return result["miou"]
     finally:
         _finish_wandb(loggers)

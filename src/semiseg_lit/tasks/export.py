@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from semiseg_lit.console import quiet_third_party
+from semiseg_lit.errors import checking_input
 from semiseg_lit.models.deeplab import SegmentationNet
 from semiseg_lit.models.reference_nets import ReferenceSegNet
 from semiseg_lit.tasks.predict import InferenceModel, load_inference_model
@@ -230,9 +232,11 @@ def check_size(height: int, width: int, dynamic: bool) -> tuple[int, int]:
 
 
 def export(cfg: DictConfig) -> None:
-    check_options(cfg)
+    quiet_third_party()
     e = cfg.export
-    model = load_inference_model(cfg, e.num_classes, device=torch.device("cpu"), key="export.num_classes")
+    with checking_input():
+        check_options(cfg)
+        model = load_inference_model(cfg, e.num_classes, device=torch.device("cpu"), key="export.num_classes")
     net = ExportableNet(model.net).eval()
     height, width = int(e.height or model.crop[0]), int(e.width or model.crop[1])
     example = torch.randn(int(e.batch_size), 3, height, width, generator=torch.Generator().manual_seed(0))

@@ -37,6 +37,7 @@ from semiseg_lit.checkpointing import CheckpointError, check_compatible, load_ch
 from semiseg_lit.data.image_io import DataError, read_image
 from semiseg_lit.data.labels import ClassInfo, colorize
 from semiseg_lit.data.transforms import Normalize
+from semiseg_lit.errors import RunFolderError, UserError, checking_input
 from semiseg_lit.ops.sliding_window import protocol_probs, resolve_auto_mode
 from semiseg_lit.tasks.common import method_class
 from semiseg_lit.tasks.evaluate import config_for_checkpoint
@@ -48,8 +49,8 @@ PREDICT_MODES = ("auto", "whole", "sliding")
 SUMMARY_NAME = "predictions.json"
 
 
-class PredictionError(RuntimeError):
-    """Some images could not be predicted; ``failures`` holds ``(file, reason)`` pairs."""
+class PredictionError(UserError, RuntimeError):
+    """Some input images could not be read (a user error: exit code 2); ``failures`` holds ``(file, reason)`` pairs."""
 
     def __init__(self, message: str, failures: Sequence[tuple[Path, str]]):
         super().__init__(message)
@@ -215,6 +216,19 @@ def plan_outputs(images: Sequence[Path], root: Path, out: Path, color: bool = Tr
     return plan
 
 
+def check_no_overwrite(plan: Sequence[tuple[Path, Path, dict[str, Path]]], out: Path, overwrite: bool) -> None:
+    """Refuse to replace files already in the output folder (the predictions and ``predictions.json``)
+    unless ``overwrite=true``; the message names them and the options."""
+    if overwrite:
+        return
+    targets = [t for _, _, paths in plan for t in paths.values()] + [out / SUMMARY_NAME]
+    existing = [t for t in targets if t.exists()]
+    if existing:
+        listed = ", ".join(str(t) for t in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise RunFolderError(f"output={out} already holds {len(existing)} file(s) this prediction would replace "
+                             f"({listed}); choose another output folder, or add overwrite=true to replace them")
+
+
 def progress(items: Sequence[Any], enabled: bool, description: str = "predicting") -> Iterator[Any]:
     """``items`` with a progress bar (rich, else tqdm, else none)."""
     if not enabled:
@@ -295,8 +309,13 @@ def _check_options(cfg: DictConfig) -> None:
         raise ValueError(f"eval.scales={scales}: expected a non-empty list of positive numbers")
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _summary_text(n_total: int, written: int, out: Path, failures: Sequence[tuple[Path, str]]) -> str:
-    lines = [f"predicted {written} of {n_total} images into {out}"]
+    lines = [f"predicted {written} of {_count(n_total, 'image')} into {out}"]
     if failures:
         lines.append(f"{len(failures)} file(s) could not be predicted:")
         lines += [f"  {reason}" if str(path) in reason else f"  {path}: {reason}" for path, reason in failures]
@@ -304,14 +323,17 @@ def _summary_text(n_total: int, written: int, out: Path, failures: Sequence[tupl
 
 
 def predict(cfg: DictConfig) -> None:
-    _check_options(cfg)
+    with checking_input():
+        _check_options(cfg)
     root, out = Path(str(cfg.input)).expanduser(), Path(str(cfg.output)).expanduser()
     if root.is_dir() and out.resolve() == root.resolve():
         raise DataError(f"output={out} is the input folder; choose another folder for the predictions")
     p = cfg.predict
-    plan = plan_outputs(list_images(root, exclude=out), root, out, bool(p.save_color), bool(p.save_overlay))
-    model = load_inference_model(cfg, p.num_classes)
-    log.info("predicting %d images with the %s network of %s (%s, %d classes) on %s", len(plan), model.which,
+    with checking_input():
+        plan = plan_outputs(list_images(root, exclude=out), root, out, bool(p.save_color), bool(p.save_overlay))
+        check_no_overwrite(plan, out, bool(cfg.get("overwrite", False)))
+        model = load_inference_model(cfg, p.num_classes)
+    log.info("predicting %s with the %s network of %s (%s, %d classes) on %s", _count(len(plan), "image"), model.which,
              model.checkpoint, model.class_info.name, model.num_classes, model.device)
     scales, flip = [float(s) for s in cfg.eval.scales], bool(cfg.eval.flip)
     palette, alpha = model.class_info.palette, float(p.overlay_alpha)
@@ -337,5 +359,5 @@ def predict(cfg: DictConfig) -> None:
     print(text, flush=True)
     if failures:
         names = ", ".join(str(f) for f, _ in failures)
-        raise PredictionError(f"{len(failures)} of {len(plan)} images could not be predicted: {names} "
+        raise PredictionError(f"{len(failures)} of {_count(len(plan), 'image')} could not be predicted: {names} "
                               f"(reasons above and in {out / SUMMARY_NAME})", failures)

@@ -15,8 +15,16 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from semiseg_lit.callbacks.preemption import Preemption
 from semiseg_lit.checkpointing import CheckpointError, check_compatible, load_checkpoint
+from semiseg_lit.errors import UserError, checking_input
 from semiseg_lit.ops.metrics import format_iou_table
-from semiseg_lit.tasks.common import build_callbacks, build_loggers, build_trainer, method_class, prepare_run
+from semiseg_lit.tasks.common import (
+    build_callbacks,
+    build_loggers,
+    build_trainer,
+    check_run_folder,
+    method_class,
+    prepare_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +43,10 @@ def resolve_ckpt_path(ckpt_path: str | None, out: Path, cfg: DictConfig | None =
         ckpt_path = "last"
     if ckpt_path == "last":
         if not last.is_file():
-            raise FileNotFoundError(f"ckpt_path=last but {last} does not exist; point hydra.run.dir at the "
-                                    "interrupted run's folder or give the checkpoint path")
+            raise CheckpointError(f"ckpt_path=last but {last} does not exist; point hydra.run.dir at the "
+                                  "interrupted run's folder or give the checkpoint path")
         ckpt_path = str(last)
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: file not found")
-    checkpoint = load_checkpoint(ckpt_path)  # clear error on a corrupt file before any work
+    checkpoint = load_checkpoint(ckpt_path)  # a folder, a missing or a corrupt file: an error naming it
     if cfg is not None:
         check_resumable(checkpoint, ckpt_path, cfg)
     return ckpt_path
@@ -62,6 +68,52 @@ def check_resumable(checkpoint: dict, path: str | Path, cfg: DictConfig) -> None
             if k not in _FREE_MODEL_KEYS and k in saved["model"] and saved["model"][k] != v]
     if diff:
         raise CheckpointError(f"checkpoint {path} has another network than this run: {'; '.join(diff)}")
+    check_same_schedule(saved, path, cfg)
+
+
+# keys a resumed run must share with its checkpoint: the data stream, the schedule and the random draws
+# would silently differ otherwise (README "Reliability")
+RESUME_KEYS = ("seed", "trainer.max_steps", "data.labeled_batch_size", "data.unlabeled_batch_size",
+               "trainer.accumulate_grad_batches", "data.dataset", "data.n_labeled", "data.split_seed",
+               "data.labeled_split", "data.train_split", "data.labeled_list", "data.unlabeled_list")
+
+
+def check_same_schedule(saved: dict, path: str | Path, cfg: DictConfig) -> None:
+    """Refuse (``resume_check=strict``) or warn (``warn``) when :data:`RESUME_KEYS` differ from the checkpoint's.
+    ``trainer.max_steps`` under a constant LR (``method.optim.scheduler=constant`` in both) is only warned
+    about: it decides where training ends, not the poly schedule's learning rates."""
+    def value(tree, key):
+        node = tree
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None, False
+            node = node[part]
+        return node, True
+
+    now = OmegaConf.to_container(cfg, resolve=True)
+    # with a constant LR, max_steps only says when training ends: a longer / shorter run is safe (warned)
+    constant_lr = all(value(tree, "method.optim.scheduler")[0] == "constant" for tree in (saved, now))
+    diff, safe = [], []
+    for key in RESUME_KEYS:
+        old, had = value(saved, key)
+        new, has = value(now, key)
+        if had and has and old != new:
+            (safe if key == "trainer.max_steps" and constant_lr else diff).append(
+                f"{key}={old!r} in the checkpoint, {new!r} now")
+    mode = str(cfg.get("resume_check", "strict"))
+    if mode not in ("strict", "warn"):
+        raise UserError(f"resume_check={mode!r}: expected strict | warn")
+    if safe:
+        log.warning("resuming %s with %s (method.optim.scheduler=constant: only where training ends changes)",
+                    path, "; ".join(safe))
+    if not diff:
+        return
+    text = (f"resuming {path} with other settings than it was trained with: {'; '.join(diff)}")
+    if mode == "warn":
+        log.warning("%s (resume_check=warn: continuing; the run is not the one the checkpoint started)", text)
+        return
+    raise CheckpointError(f"{text}. Resume with the checkpoint's values, start a new run in another folder, or "
+                          "add resume_check=warn to continue anyway")
 
 
 def keep_previous_csv_log(out: Path) -> Path | None:
@@ -103,8 +155,11 @@ def best_to_json(best: dict[str, Any] | None, class_names, cfg: DictConfig, out:
 
 
 def train(cfg: DictConfig) -> float | None:
-    out, datamodule, model = prepare_run(cfg, "fit")
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, out, cfg)
+    with checking_input():  # bad input fails here, as a user error, before anything is written
+        out, datamodule, model = prepare_run(cfg, "fit")
+        ckpt_path = resolve_ckpt_path(cfg.ckpt_path, out, cfg)
+        if rank_zero_only.rank == 0:  # (DDP ranks > 0 start after rank 0 wrote config_resolved.yaml)
+            check_run_folder(out, ckpt_path, bool(cfg.get("overwrite", False)))
     if ckpt_path is not None and rank_zero_only.rank == 0:
         keep_previous_csv_log(out)
     OmegaConf.save(cfg, out / "config_resolved.yaml", resolve=True)
@@ -115,7 +170,7 @@ def train(cfg: DictConfig) -> float | None:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         # last.ckpt is the state at the end of training (the checkpoint callback writes it at
         # validation time only, which need not coincide with the last step)
-        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
         # final evaluation of the model as it ends (the best-on-val checkpoint is kept separately)
         trainer.validate(model, datamodule=datamodule, verbose=False, weights_only=True)
         scores = model.last_scores
@@ -125,10 +180,12 @@ def train(cfg: DictConfig) -> float | None:
         result["best"] = best_to_json(model.best_scores, datamodule.class_info.names, cfg, out)
         if trainer.is_global_zero:
             (out / "metrics.json").write_text(json.dumps(result, indent=2))
-            report(cfg, out, scores, datamodule.class_info, loggers)
+            text = report_text(cfg, out, scores, datamodule.class_info, loggers)
             if result["best"] is not None:
-                print(f"best:        val mIoU {100 * result['best']['miou']:.2f} at step {result['best']['step']} "
-                      f"(last: {100 * result['miou']:.2f} at step {result['step']})", flush=True)
+                text += (f"\nbest:        val mIoU {100 * result['best']['miou']:.2f} at step {result['best']['step']} "
+                         f"(last: {100 * result['miou']:.2f} at step {result['step']})")
+            _finish_wandb(loggers)  # W&B's run summary first: the table and the paths are the last lines
+            print(text, flush=True)
         return result["miou"]
     except SIGTERMException:  # the Preemption callback has written last.ckpt
         pre = next((c for c in trainer.callbacks if isinstance(c, Preemption)), None)
@@ -181,21 +238,31 @@ def oom_advice(cfg: DictConfig, step: int, phase: str, world_size: int = 1, erro
 
 
 def report(cfg: DictConfig, out: Path, scores: dict[str, Any], class_info, loggers: list) -> None:
+    print(report_text(cfg, out, scores, class_info, loggers), flush=True)
+
+
+def report_text(cfg: DictConfig, out: Path, scores: dict[str, Any], class_info, loggers: list,
+                paths: bool = True) -> str:
+    """The final IoU table, then (``paths``) where the checkpoints, metrics and W&B run are."""
     table = format_iou_table(torch.as_tensor(scores["per_class_iou"]), class_info.names,
                              head=class_info.head, tail=class_info.tail)
     lines = ["", f"Final evaluation ({cfg.method.eval_model} network, {cfg.data.name} val):", table]
     if "head_miou" in scores:
         lines.append(f"head mIoU {100 * float(scores['head_miou']):.2f}   tail mIoU "
                      f"{100 * float(scores['tail_miou']):.2f}")
-    ckpt = out / "checkpoints"
-    lines.append(f"checkpoints: {ckpt / 'last.ckpt'} (last), {ckpt / 'best.ckpt'} (best val mIoU)")
-    lines.append(f"metrics:     {out / 'metrics.json'}")
+    if paths:
+        ckpt = out / "checkpoints"
+        kept = [f"{ckpt / name} ({what})" for name, what in (("last.ckpt", "last"), ("best.ckpt", "best val mIoU"))
+                if (ckpt / name).is_file()]
+        if kept:
+            lines.append(f"checkpoints: {', '.join(kept)}")
+        if (out / "metrics.json").is_file():
+            lines.append(f"metrics:     {out / 'metrics.json'}")
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
             run_dir = getattr(getattr(lg, "experiment", None), "dir", None)
             lines.append(f"W&B run:     {Path(run_dir).parent if run_dir else out / 'wandb'}")
-    text = "\n".join(lines)
-    print(text, flush=True)
+    return "\n".join(lines)
 
 
 def _finish_wandb(loggers: list) -> None:
