@@ -146,7 +146,7 @@ def test_one_image_per_device_needs_sync_batchnorm_on_several_devices(synth_root
     with pytest.raises(ValueError, match="trainer.sync_batchnorm=true"):
         plain.per_device_batch("unlabeled")
     one_device = SemiSegDataModule(data_cfg(synth_root, unlabeled_batch_size=1), seed=0, sync_batchnorm=True)
-    with pytest.raises(ValueError, match="data.unlabeled_batch_size >= 2"):  # SyncBN on one device = plain BN
+    with pytest.raises(ValueError, match="set data.unlabeled_batch_size=2 or more"):  # SyncBN on one device = plain BN
         one_device.per_device_batch("unlabeled")
 
 

@@ -151,8 +151,8 @@ def per_device_batch_size(key: str, total: int, world: int, virtual_ranks: int =
     if total < 1:
         raise ValueError(f"data.{key}_batch_size={total}: expected a positive number of images per step")
     if total % world:
-        raise ValueError(f"data.{key}_batch_size={total} (global) is not divisible by the {world} device(s) of the "
-                         "run: use a multiple of the device count")
+        raise ValueError(f"data.{key}_batch_size={total} is not divisible by the {world} device(s) of the run "
+                         "(batch sizes are global): use a multiple of the device count")
     per = total // world
     groups = groups_per_device(virtual_ranks, world)
     if per % groups:

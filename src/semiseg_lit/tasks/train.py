@@ -180,10 +180,8 @@ def train(cfg: DictConfig) -> float | None:
         result["best"] = best_to_json(model.best_scores, datamodule.class_info.names, cfg, out)
         if trainer.is_global_zero:
             (out / "metrics.json").write_text(json.dumps(result, indent=2))
-            text = report_text(cfg, out, scores, datamodule.class_info, loggers)
-            if result["best"] is not None:
-                text += (f"\nbest:        val mIoU {100 * result['best']['miou']:.2f} at step {result['best']['step']} "
-                         f"(last: {100 * result['miou']:.2f} at step {result['step']})")
+            text = report_text(cfg, out, scores, datamodule.class_info, loggers, best=result["best"],
+                               last_step=result["step"])
             _finish_wandb(loggers)  # W&B's run summary first: the table and the paths are the last lines
             print(text, flush=True)
         return result["miou"]
@@ -237,19 +235,19 @@ def oom_advice(cfg: DictConfig, step: int, phase: str, world_size: int = 1, erro
     return head + "\n  try: " + "\n       ".join(knobs)
 
 
-def report(cfg: DictConfig, out: Path, scores: dict[str, Any], class_info, loggers: list) -> None:
-    print(report_text(cfg, out, scores, class_info, loggers), flush=True)
-
-
 def report_text(cfg: DictConfig, out: Path, scores: dict[str, Any], class_info, loggers: list,
-                paths: bool = True) -> str:
-    """The final IoU table, then (``paths``) where the checkpoints, metrics and W&B run are."""
+                paths: bool = True, best: dict[str, Any] | None = None, last_step: int | None = None) -> str:
+    """The final IoU table, the best in-training validation (``best``, the ``metrics.json`` entry), then
+    (``paths``) where the checkpoints, metrics and W&B run are."""
     table = format_iou_table(torch.as_tensor(scores["per_class_iou"]), class_info.names,
                              head=class_info.head, tail=class_info.tail)
     lines = ["", f"Final evaluation ({cfg.method.eval_model} network, {cfg.data.name} val):", table]
     if "head_miou" in scores:
         lines.append(f"head mIoU {100 * float(scores['head_miou']):.2f}   tail mIoU "
                      f"{100 * float(scores['tail_miou']):.2f}")
+    if best is not None:
+        lines.append(f"best:        val mIoU {100 * best['miou']:.2f} at step {best['step']} "
+                     f"(last: {100 * float(scores['miou']):.2f} at step {last_step})")
     if paths:
         ckpt = out / "checkpoints"
         kept = [f"{ckpt / name} ({what})" for name, what in (("last.ckpt", "last"), ("best.ckpt", "best val mIoU"))
