@@ -24,7 +24,10 @@ register_configs()
 def _hydra_main(cfg: DictConfig) -> float | None:
     from semiseg_lit.tasks import run_task
 
-    return run_task(cfg)
+    result = run_task(cfg)
+    if cfg.task == "check_data" and result:  # problems found: a non-zero exit status for scripts
+        raise SystemExit(1)
+    return result
 
 
 def main() -> None:

@@ -89,7 +89,13 @@ class DataConfig:
     # seeded draws take the labeled images from this split (null = train_split) and the unlabeled
     # ones from the rest of train_split (VOC classic: labeled from train, unlabeled from train_aug)
     labeled_split: str | None = None
+    # labeled draw size; null = every image of train_split that has a mask is labeled
     n_labeled: int | None = None
+    # extra unlabeled images (no masks needed), added to the unlabeled set minus labeled / val files:
+    # a folder of images (any nesting; e.g. your raw photos, VOC JPEGImages, Cityscapes
+    # leftImg8bit/train_extra) and / or a split of the dataset read without masks (train_extra)
+    unlabeled_dir: str | None = None
+    unlabeled_split: str | None = None
     split_seed: int = 0
     # folder layout only
     image_dir: str | None = None
@@ -109,7 +115,8 @@ class DataConfig:
     val_crop_size: Any = None
     # resize val images AND labels to [H, W] before evaluation (ELN's VOC protocol: [505, 505])
     val_resize: list[int] | None = None
-    # read and check files before training: labeled (every labeled mask: size, values) | all | none
+    # read and check files before training: labeled (every labeled mask: size, values; every val
+    # image / mask header: readable, same size) | all (every file fully) | none
     check_before_training: str = "labeled"
     num_workers: int = 2
     pin_memory: bool = False
@@ -252,6 +259,9 @@ class ELNConfig:
     pseudo_weight: float = 1.0
     # pixel contrastive loss (§4.3); the crop is clamped to the 1/4-resolution map size
     contrastive_weight: float = 1.0
+    # width of the student's contrastive projection head when model.projection_dim is null (the
+    # method brings the model piece it needs; reference 128, eln.md §2.1)
+    projection_dim: int = 128
     temperature: float = 0.5
     n_crops: int = 8
     crop_size: int = 32

@@ -12,6 +12,8 @@ label remap), so tests can compare what the library reads with what was written.
   SegmentationClassAug (grey 'L'), ImageSets/Segmentation/{train,val,trainval,train_aug}.txt}`` (§1.2).
 * :func:`write_folder` — ``images/{split}/<stem>.jpg`` + ``masks/{split}/<stem>.png`` (a plain folder dataset).
 * :func:`write_list` / :func:`cityscapes_pair` / :func:`voc_pair` — UniMatch-format split lists (§2.2-2.3).
+* :func:`write_images` — images only, no mask anywhere (unlabeled folders, Cityscapes ``train_extra``);
+  :func:`write_macos_junk` — hidden files a copy from macOS leaves (``._<name>.jpg``, ``.DS_Store``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ __all__ = [
     "write_list",
     "label_image",
     "truncate_file",
+    "write_images",
+    "write_cityscapes_images",
+    "write_macos_junk",
 ]
 
 # trainId k <-> labelId CITYSCAPES_TRAINID_TO_LABELID[k] (cityscapesScripts labels.py, data.md §1.1 table)
@@ -330,3 +335,42 @@ def write_folder(root: Path, counts: Mapping[str, int] | None = None, num_classe
             ids.append(stem)
         tree.splits[split] = sorted(ids)
     return tree
+
+
+# ------------------------------------------------------------------------------------ images only
+
+
+def write_images(folder: Path, rel_stems: Sequence[str], size: tuple[int, int] = (48, 64), suffix: str = ".jpg",
+                 seed: int = 0) -> list[Path]:
+    """``<folder>/<rel_stem><suffix>`` RGB images (sub-folders allowed) and no mask anywhere; returns the paths."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for stem in rel_stems:
+        labels = (np.arange(size[0])[:, None] * 3 // size[0] + np.zeros(size, int)).astype(np.uint8)
+        out.append(_save(Path(folder) / f"{stem}{suffix}", label_image(labels, voc_colormap(3), rng), quality=95))
+    return out
+
+
+def write_cityscapes_images(root: Path, split: str, per_city: Mapping[str, int], size: tuple[int, int] = (64, 128),
+                            seed: int = 0) -> list[str]:
+    """``leftImg8bit/<split>/<city>/<id>_leftImg8bit.png`` with no gtFine at all (like ``train_extra``,
+    whose only labels are coarse); returns the sorted ids."""
+    ids = [f"{city}_{c:06d}_{k:06d}" for c, (city, n) in enumerate(sorted(per_city.items())) for k in range(n)]
+    write_images(Path(root) / "leftImg8bit" / split, [f"{i.rsplit('_', 2)[0]}/{i}_leftImg8bit" for i in ids],
+                 size=size, suffix=".png", seed=seed)
+    return sorted(ids)
+
+
+def write_macos_junk(folder: Path, names: Sequence[str] = ("a.jpg",)) -> list[Path]:
+    """What a copy from macOS leaves: ``._<name>`` AppleDouble files (not images, despite the suffix),
+    ``.DS_Store`` and a hidden folder holding a broken ``.jpg``; returns the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in names:
+        out.append(folder / f"._{name}")
+        out[-1].write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (folder / ".thumbnails").mkdir(exist_ok=True)
+    (folder / ".thumbnails" / "x.jpg").write_bytes(b"not a jpeg")
+    return [*out, folder / ".DS_Store", folder / ".thumbnails" / "x.jpg"]

@@ -148,8 +148,11 @@ def test_aux_decoder_shape_and_detached_features():
 
 # ----------------------------------------------------------------------------------------- the module
 def test_construction_checks(tmp_path):
-    with pytest.raises(ValueError, match="projection_dim"):
-        make_method(tmp_path, ["model.projection_dim=null"])
+    # the method brings its projection head: model.projection_dim=null -> method.eln.projection_dim
+    brought = make_method(tmp_path, ["model.projection_dim=null", "method.eln.projection_dim=24"])
+    assert brought.cfg.model.projection_dim == 24 and brought.student.projection_head is not None
+    with pytest.raises(ValueError, match=r"set model\.projection_dim=128"):
+        make_method(tmp_path, ["model.projection_dim=null", "method.eln.projection_dim=0"])
     with pytest.raises(ValueError, match="reset_every_steps"):
         make_method(tmp_path, ["method.eln.parity.reset_every_steps=0"])
 

@@ -383,13 +383,20 @@ def test_wrong_voc_root_suggests_the_voc2012_folder(compose_cfg, voc_tree, tmp_p
         _train(compose_cfg, "supervised_voc_1464", voc_tree.root.parent.parent, tmp_path)
 
 
-def test_image_without_mask_is_listed(compose_cfg, tmp_path):
+def test_image_without_mask_is_unlabeled_never_labeled(compose_cfg, tmp_path):
+    """A train image without a mask is an unlabeled image (issue #15): never drawn as labeled."""
     tree = write_cityscapes(tmp_path / "cs", {"train": {"jena": 6}, "val": {"lindau": 2}}, seed=4)
     orphan = tree.splits["train"][2]
     for kind in ("labelTrainIds", "labelIds"):
         (tree.root / "gtFine/train/jena" / f"{orphan}_gtFine_{kind}.png").unlink()
-    with pytest.raises(DataError, match=rf"1 image\(s\) .* have no .*mask.*{orphan}_leftImg8bit.png"):
-        _train(compose_cfg, "supervised_cityscapes_1_8", tree.root, tmp_path / "out")
+    cfg = compose_cfg(["+experiment=ael_cityscapes_1_8", *smoke(tree.root, tmp_path / "out", n_labeled=5)])
+    p = build_datamodule(cfg).resolve_partition()
+    assert orphan not in _ids(p.labeled) and len(p.labeled) == 5
+    assert [(s.id, s.mask) for s in p.unlabeled] == [(orphan, None)]
+    # a labeled list naming the missing mask is still an error naming it
+    lst = write_list(tmp_path / "labeled.txt", [cityscapes_pair("train", orphan)])
+    with pytest.raises(SplitError, match=rf"{orphan}_gtFine_labelTrainIds.png"):
+        _train(compose_cfg, "supervised_cityscapes_1_8", tree.root, tmp_path / "out", f"data.labeled_list={lst}")
 
 
 def test_mask_values_outside_the_class_set_are_named(compose_cfg, tmp_path):

@@ -191,8 +191,21 @@ class SemiSegDataModule(pl.LightningDataModule):
                                   image_suffix=cfg.image_suffix, mask_suffix=cfg.mask_suffix)
         raise ValueError(f"data.dataset={cfg.dataset!r} is not one of synthscapes, cityscapes, voc, folder")
 
-    def resolve_partition(self) -> Partition:
-        """Turn the config into labeled / unlabeled / val file lists, with all checks."""
+    def resolve_partition(self, stage: str | None = None) -> Partition:
+        """Turn the config into labeled / unlabeled / val file lists, with all checks.
+
+        Labeled images need masks; unlabeled images never do (specs/data.md §2, README "Partitions"):
+
+        * labeled = ``data.labeled_list``, else a seeded draw of ``data.n_labeled`` among the images of
+          ``data.labeled_split`` (default ``data.train_split``) that have a mask, else (``n_labeled``
+          null) every image of ``data.train_split`` that has a mask;
+        * unlabeled = ``data.unlabeled_list`` (masks optional), else the rest of ``data.train_split``;
+          plus every image of ``data.unlabeled_split`` and every image under ``data.unlabeled_dir``
+          (any nesting, hidden files skipped), minus files that are labeled or val images.
+
+        ``stage`` "validate" / "test" (task=eval) resolves only the val set, so a download holding
+        only the val split works.
+        """
         from semiseg_lit.data.splits import (
             check_disjoint,
             check_files_exist,
@@ -208,6 +221,19 @@ class SemiSegDataModule(pl.LightningDataModule):
 
         cfg = self.cfg
         layout = self.layout()
+
+        def resolve_val() -> list:
+            val = (layout.from_split_file(Path(cfg.val_list)) if cfg.val_list is not None
+                   else self._split_samples(layout, cfg.val_split))
+            if not val:
+                raise ValueError(f"the validation set is empty (data.val_list={cfg.val_list}, "
+                                 f"data.val_split={cfg.val_split}, root {cfg.root})")
+            check_list(val, str(cfg.val_list or cfg.root))
+            return val
+
+        if stage in ("validate", "test"):
+            return Partition(labeled=[], unlabeled=[], val=list(resolve_val()), source="val only")
+
         labeled_list = cfg.labeled_list
         unlabeled_list = cfg.unlabeled_list
         if cfg.dataset == "synthscapes" and labeled_list is None and cfg.n_labeled:
@@ -215,55 +241,156 @@ class SemiSegDataModule(pl.LightningDataModule):
             if (generated / "labeled.txt").exists():
                 labeled_list = str(generated / "labeled.txt")
                 unlabeled_list = str(generated / "unlabeled.txt")
+        extra_unlabeled = cfg.get("unlabeled_dir") or cfg.get("unlabeled_split")
+        pool_cache: list = []
+
+        def train_pool() -> list:
+            """The images of data.train_split, each with its mask or None."""
+            if not pool_cache:
+                pool_cache.append(self._split_samples(layout, cfg.train_split, require_masks=False))
+            return pool_cache[0]
 
         if labeled_list is not None:
             labeled = layout.from_split_file(Path(labeled_list))
-            if unlabeled_list is not None:
-                unlabeled = layout.from_split_file(Path(unlabeled_list))
-            else:  # the complement within the training split
-                ids = {s.id for s in labeled}
-                unlabeled = sorted((s for s in self._split_samples(layout, cfg.train_split) if s.id not in ids),
-                                   key=lambda s: s.id)
-            source = f"{labeled_list} / {unlabeled_list or 'complement of ' + cfg.train_split}"
+            labeled_src = str(labeled_list)
         else:
-            if not cfg.n_labeled:
-                raise ValueError("give data.labeled_list (a split file) or data.n_labeled (a seeded draw)")
-            pool = self._split_samples(layout, cfg.train_split)
             labeled_split = cfg.labeled_split or cfg.train_split
-            if labeled_split == cfg.train_split:
-                labeled, unlabeled = partition(pool, int(cfg.n_labeled), int(cfg.split_seed))
-            else:  # e.g. VOC classic: labeled drawn from train (1464), unlabeled = train_aug minus labeled
-                labeled, _ = partition(self._split_samples(layout, labeled_split), int(cfg.n_labeled),
-                                       int(cfg.split_seed))
-                pool_ids = {s.id for s in pool}
-                outside = [s.id for s in labeled if s.id not in pool_ids]
-                if outside:
-                    raise ValueError(f"data.labeled_split={labeled_split!r} is not inside data.train_split="
-                                     f"{cfg.train_split!r}: {len(outside)} drawn id(s) are not in it, e.g. "
-                                     f"{', '.join(outside[:5])}")
-                ids = {s.id for s in labeled}
-                unlabeled = sorted((s for s in pool if s.id not in ids), key=lambda s: s.id)
-            source = (f"seeded draw of {cfg.n_labeled} from {labeled_split} (split_seed={cfg.split_seed}), "
-                      f"unlabeled = the rest of {cfg.train_split}")
-        val = (layout.from_split_file(Path(cfg.val_list)) if cfg.val_list is not None
-               else self._split_samples(layout, cfg.val_split))
+            split_key = "data.labeled_split" if cfg.labeled_split else "data.train_split"
+            candidates = (train_pool() if labeled_split == cfg.train_split
+                          else self._split_samples(layout, labeled_split, require_masks=False))
+            with_mask = [s for s in candidates if s.mask is not None]
+            if not with_mask:
+                raise ValueError(
+                    f"none of the {len(candidates)} images of {split_key}={labeled_split!r} (root {cfg.root}) has "
+                    "a mask, so there is nothing to train on; labeled images need masks "
+                    f"({self._mask_hint()}), or give data.labeled_list")
+            if cfg.n_labeled is None:  # every image that has a mask is labeled
+                labeled = with_mask
+                labeled_src = f"every image of {labeled_split} with a mask"
+            else:
+                n = int(cfg.n_labeled)
+                if not 1 <= n <= len(with_mask):
+                    without = len(candidates) - len(with_mask)
+                    raise ValueError(
+                        f"data.n_labeled={n} but {split_key}={labeled_split!r} (root {cfg.root}) has "
+                        f"{len(with_mask)} images with a mask" + (f" ({without} more without)" if without else "")
+                        + f"; expected 1 <= data.n_labeled <= {len(with_mask)}: lower data.n_labeled, or "
+                        "data.n_labeled=null to label every image that has a mask")
+                labeled, _ = partition(with_mask, n, int(cfg.split_seed))
+                labeled_src = f"seeded draw of {n} from {labeled_split} (split_seed={cfg.split_seed})"
+                if labeled_split != cfg.train_split:  # VOC classic: labeled from train, unlabeled from train_aug
+                    pool_ids = {s.id for s in train_pool()}
+                    outside = [s.id for s in labeled if s.id not in pool_ids]
+                    if outside:
+                        raise ValueError(f"data.labeled_split={labeled_split!r} is not inside data.train_split="
+                                         f"{cfg.train_split!r}: {len(outside)} drawn id(s) are not in it, e.g. "
+                                         f"{', '.join(outside[:5])}")
+
+        labeled_ids = {s.id for s in labeled}
+        if unlabeled_list is not None:
+            unlabeled = layout.from_split_file(Path(unlabeled_list), require_masks=False)
+            unlabeled_src = str(unlabeled_list)
+        elif extra_unlabeled and not self._has_split(layout, cfg.train_split):
+            unlabeled, unlabeled_src = [], ""  # e.g. flat lists + data.unlabeled_dir: no train split to complement
+        else:
+            # by id and by file: a folder list's ids (relative to image_dir) differ from the split's
+            labeled_files = {self._file_key(s.image) for s in labeled}
+            unlabeled = sorted((s for s in train_pool()
+                                if s.id not in labeled_ids and self._file_key(s.image) not in labeled_files),
+                               key=lambda s: s.id)
+            unlabeled_src = f"the rest of {cfg.train_split}"
+            unmasked = [str(s.image) for s in unlabeled if s.mask is None]
+            if unmasked:
+                log.info("%d image(s) of data.train_split=%s have no mask: used as unlabeled images, e.g. %s",
+                         len(unmasked), cfg.train_split, ", ".join(unmasked[:3]))
+        val = resolve_val()
+        unlabeled, extra_src = self._add_extra_unlabeled(layout, unlabeled, labeled, val)
+        source = f"labeled: {labeled_src}; unlabeled: " + (" + ".join(x for x in (unlabeled_src, extra_src) if x)
+                                                           or "none")
         check_disjoint(labeled, unlabeled, str(labeled_list or "labeled draw"),
                        str(unlabeled_list or "unlabeled complement"))
         check_list(labeled, str(labeled_list or cfg.root))
         if "unlabeled" in self.streams or "bank" in self.streams:
             if not unlabeled:
-                raise ValueError(f"the unlabeled set is empty ({source}); semi-supervised methods need "
-                                 "unlabeled images: lower data.n_labeled or give data.unlabeled_list")
-            check_list(unlabeled, str(unlabeled_list or cfg.root))
-        if not val:
-            raise ValueError(f"the validation set is empty (data.val_list={cfg.val_list}, "
-                             f"data.val_split={cfg.val_split}, root {cfg.root})")
-        check_list(val, str(cfg.val_list or cfg.root))
+                raise ValueError(
+                    f"the unlabeled set is empty ({source}); semi-supervised methods need unlabeled images: "
+                    "give data.unlabeled_dir=<folder of images> (no masks needed), data.unlabeled_list, or "
+                    "data.unlabeled_split, or lower data.n_labeled")
+            check_list(unlabeled, str(unlabeled_list or cfg.get("unlabeled_dir") or cfg.root))
         return Partition(labeled=list(labeled), unlabeled=list(unlabeled), val=list(val), source=source)
 
+    def _add_extra_unlabeled(self, layout, unlabeled: list, labeled: list, val: list) -> tuple[list, str]:
+        """``unlabeled`` + the images of ``data.unlabeled_split`` and under ``data.unlabeled_dir`` (never
+        needing masks), without files already labeled, val or unlabeled (same image file)."""
+        from semiseg_lit.data import datasets as D
+        from semiseg_lit.data.image_io import DataError
+
+        cfg = self.cfg
+        extra: list = []
+        sources: list[str] = []
+        if cfg.get("unlabeled_split"):
+            if not self._has_split(layout, cfg.unlabeled_split):
+                raise DataError(f"data.unlabeled_split={cfg.unlabeled_split!r}: no such split under {cfg.root} "
+                                f"({self._split_hint(cfg.unlabeled_split)})")
+            extra += self._split_samples(layout, cfg.unlabeled_split, require_masks=False)
+            sources.append(f"unlabeled_split {cfg.unlabeled_split}")
+        if cfg.get("unlabeled_dir"):
+            folder = Path(str(cfg.unlabeled_dir)).expanduser()
+            if not folder.is_dir():
+                raise DataError(f"data.unlabeled_dir={folder} is not a folder; expected a folder of images "
+                                "(any nesting, no masks needed)")
+            suffixes = cfg.image_suffix if cfg.dataset == "folder" else ".jpg|.jpeg|.png"
+            found = D.FolderLayout(folder, None, image_suffix=suffixes).samples()
+            # ids unique across sources: the folder's own relative stems could repeat those of train_split
+            extra += [s._replace(id=f"{folder.as_posix()}/{s.id}") for s in found]
+            sources.append(f"unlabeled_dir {folder}")
+        if not extra:
+            return unlabeled, ""
+        taken = {self._file_key(s.image) for s in (*labeled, *val)}
+        seen = {self._file_key(s.image) for s in unlabeled}
+        kept, dropped = [], 0
+        for s in extra:
+            key = self._file_key(s.image)
+            if key in taken:
+                dropped += 1
+            elif key not in seen:
+                seen.add(key)
+                kept.append(s)
+        if dropped:
+            log.info("%d image(s) of %s are labeled or val images and are not used as unlabeled", dropped,
+                     " + ".join(sources))
+        return list(unlabeled) + kept, f"{len(kept)} from " + " + ".join(sources)
+
+    @staticmethod
+    def _file_key(path: Path) -> str:
+        return str(Path(path).resolve())
+
+    def _mask_hint(self) -> str:
+        cfg = self.cfg
+        if cfg.dataset == "folder":
+            return f"{cfg.mask_dir}/<split>/<same relative path><{cfg.mask_suffix}>"
+        if cfg.dataset == "voc":
+            return "<root>/SegmentationClass[Aug]/<id>.png"
+        return "<root>/gtFine/<split>/<city>/<id>_gtFine_labelTrainIds.png or _labelIds.png"
+
+    def _split_hint(self, split: str) -> str:
+        cfg = self.cfg
+        if cfg.dataset == "folder":
+            return f"expected the folder {cfg.image_dir}/{split}"
+        if cfg.dataset == "voc":
+            return f"expected the list ImageSets/Segmentation/{split}.txt"
+        return f"expected the folder leftImg8bit/{split}"
+
+    @staticmethod
+    def _has_split(layout, split: str) -> bool:
+        return bool(getattr(layout, "has_split", lambda _s: False)(split))
+
     def check_contents(self, labeled: list, unlabeled: list, val: list) -> None:
-        """Read and check masks before training (``data.check_before_training``): a size mismatch or
-        a label value outside ``[0, C) ∪ {ignore}`` fails here, naming the files, not hours later."""
+        """Read and check files before training (``data.check_before_training``): a size mismatch,
+        an unreadable file or a label value outside ``[0, C) ∪ {ignore}`` fails here, naming the
+        files, not hours later. ``labeled``: every labeled mask is read, and every val image and mask
+        header (readable, same size; a PNG/JPEG without its end marker is decoded) so a corrupt val
+        file fails before step 1, not at the first validation; ``all``: every file is read."""
         from semiseg_lit.data.datasets import scan_samples
         from semiseg_lit.data.image_io import DataError
 
@@ -272,19 +399,23 @@ class SemiSegDataModule(pl.LightningDataModule):
             raise ValueError(f"data.check_before_training={mode!r}: expected labeled | all | none")
         if mode == "none":
             return
-        groups = [("labeled", labeled)] + ([("unlabeled", unlabeled), ("val", val)] if mode == "all" else [])
+        full = mode == "all"
+        groups = [("labeled", labeled, True)] + ([("unlabeled", unlabeled, True)] if full else []) + [
+            ("val", val, full)]
         remap = dict(self.cfg.label_remap) if self.cfg.label_remap else None
-        for name, samples in groups:
+        for name, samples, read_masks in groups:
             rep = scan_samples(samples, self.num_classes, ignore_index=int(self.cfg.ignore_index),
-                               label_remap=remap, decode_images=False)
+                               label_remap=remap, decode_images=False, read_masks=read_masks)
             if rep.problems:
                 listed = "\n  ".join(f"{f}: {m}" for f, m in rep.problems[:5])
-                raise DataError(f"{len(rep.problems)} problem(s) in the {name} images (first ones below); "
-                                f"run task=check_data for the full report:\n  {listed}")
+                n = len(rep.problems)
+                raise DataError(f"{n} problem{'s' if n != 1 else ''} in the {name} images (checked before "
+                                f"training, data.check_before_training={mode}; first ones below); fix or remove "
+                                f"them, and run task=check_data for the full report:\n  {listed}")
 
     @staticmethod
-    def _split_samples(layout, split: str) -> list:
-        return layout.samples(split) if hasattr(layout, "samples") else []
+    def _split_samples(layout, split: str, require_masks: bool = True) -> list:
+        return layout.samples(split, require_masks=require_masks) if hasattr(layout, "samples") else []
 
     # ------------------------------------------------------------------ datasets
     def setup(self, stage: str | None = None) -> None:
@@ -293,7 +424,7 @@ class SemiSegDataModule(pl.LightningDataModule):
         from semiseg_lit.data.datasets import SegmentationDataset
 
         cfg = self.cfg
-        p = self.resolve_partition()
+        p = self.resolve_partition(stage)
         self.check_contents(p.labeled, p.unlabeled, p.val)
         self.partition = p
         log.info("partition: %d labeled, %d unlabeled, %d val (%s)", len(p.labeled), len(p.unlabeled),
@@ -314,7 +445,7 @@ class SemiSegDataModule(pl.LightningDataModule):
                                                       strong=labeled_strong, **geo), **common)
         if "unlabeled" in self.streams or "bank" in self.streams:
             # ground truth of unlabeled images is loaded only when it exists (diagnostics only)
-            has_gt = all(s.mask is not None for s in p.unlabeled[:1])
+            has_gt = bool(p.unlabeled) and all(s.mask is not None for s in p.unlabeled)
             self._datasets["unlabeled"] = SegmentationDataset(
                 p.unlabeled, load_mask=has_gt, check_values=False,
                 transform=UnlabeledTransform(scale_range=list(aug.scale_range),

@@ -29,7 +29,13 @@ from semiseg_lit.data.image_io import (
     read_mask,
 )
 from semiseg_lit.data.labels import CITYSCAPES_LABELID_TO_TRAINID
-from semiseg_lit.data.splits import Sample, SplitError, check_files_exist, read_split_records
+from semiseg_lit.data.splits import (
+    Sample,
+    SplitError,
+    check_files_exist,
+    read_split_records,
+    without_missing_masks,
+)
 
 __all__ = [
     "CityscapesLayout",
@@ -39,6 +45,7 @@ __all__ = [
     "ScanReport",
     "scan_samples",
     "build_remap_lut",
+    "is_hidden",
 ]
 
 PathLike = str | Path
@@ -50,11 +57,17 @@ def _first(items: Sequence[Any], n: int = _MAX_LISTED) -> str:
     return ", ".join(str(x) for x in items[:n]) + (", ..." if len(items) > n else "")
 
 
+def is_hidden(path: Path, top: Path) -> bool:
+    """True if a part of ``path`` below ``top`` starts with '.' (macOS ``._name.jpg`` resource forks,
+    ``.DS_Store``, ``.ipynb_checkpoints/``): such files are never dataset images (as in task=predict)."""
+    return any(part.startswith(".") for part in path.relative_to(top).parts)
+
+
 def _require_dir(root: Path, sub: str, what: str) -> Path:
     """``root / sub`` if it is a folder, else :class:`DataError` naming the missing sub-folder."""
     d = root / sub
     if not d.is_dir():
-        raise DataError(f"{what} root {root} has no '{sub}' folder (expected {d}); is the root right?")
+        raise DataError(f"{what} root {root} has no '{sub}' folder (expected {d}); is data.root right?")
     return d
 
 
@@ -93,7 +106,8 @@ class CityscapesLayout:
     def __init__(self, root: PathLike):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DataError(f"Cityscapes root {self.root} is not a folder")
+            raise DataError(f"Cityscapes root data.root={self.root} is not a folder (expected the folder holding "
+                            "leftImg8bit/ and gtFine/)")
 
     # ------------------------------------------------------------------ paths
     def image_path(self, split: str, sample_id: str) -> Path:
@@ -129,20 +143,25 @@ class CityscapesLayout:
                 return alt, CITYSCAPES_LABELID_TO_TRAINID
         return path, None
 
-    def _require_split(self, split: str) -> None:
-        for top in (self.IMAGE_DIR, self.MASK_DIR):
+    def _require_split(self, split: str, masks: bool = True) -> None:
+        for top in (self.IMAGE_DIR, self.MASK_DIR) if masks else (self.IMAGE_DIR,):
             _require_dir(self.root, f"{top}/{split}", "Cityscapes")
+
+    def has_split(self, split: str) -> bool:
+        """Whether ``leftImg8bit/{split}`` exists."""
+        return (self.root / self.IMAGE_DIR / split).is_dir()
 
     # ------------------------------------------------------------------ listing
     def samples(self, split: str, require_masks: bool = True) -> list[Sample]:
         """All images of ``split`` in the official tree, sorted by id, each paired with its mask.
 
         Images without a mask raise :class:`DataError` listing the first few (or get ``mask=None``
-        when ``require_masks`` is False).
+        when ``require_masks`` is False: unlabeled images, e.g. ``train_extra``, need no mask and no
+        ``gtFine/{split}`` folder).
         """
-        self._require_split(split)
+        self._require_split(split, masks=require_masks)
         folder = self.root / self.IMAGE_DIR / split
-        images = sorted(folder.glob(f"*/*{self.IMAGE_SUFFIX}"))
+        images = sorted(p for p in folder.glob(f"*/*{self.IMAGE_SUFFIX}") if not is_hidden(p, folder))
         if not images:
             raise DataError(f"no '*{self.IMAGE_SUFFIX}' images found under {folder}/<city>/")
         out: list[Sample] = []
@@ -192,16 +211,19 @@ class CityscapesLayout:
         mask, lut = self.mask_for(split, sid)
         return Sample(sid, self.image_path(split, sid), mask, lut)
 
-    def from_split_file(self, path: PathLike) -> list[Sample]:
+    def from_split_file(self, path: PathLike, require_masks: bool = True) -> list[Sample]:
         """Samples named by a split list in any published Cityscapes format (specs/data.md §2.3).
 
         Raises :class:`DataError` if a split folder the list refers to is missing and
-        :class:`SplitError` if files it names do not exist.
+        :class:`SplitError` if files it names do not exist. ``require_masks=False`` (unlabeled
+        lists): a mask that does not exist becomes ``None``; only the images must exist.
         """
         path = Path(path)
         samples = [self._record_to_sample(r, path) for r in read_split_records(path)]
+        if not require_masks:
+            samples = without_missing_masks(samples)
         for split in sorted({s.image.parent.parent.name for s in samples}):
-            self._require_split(split)
+            self._require_split(split, masks=require_masks)
         check_files_exist(samples, path)
         return samples
 
@@ -249,14 +271,25 @@ class VOCLayout:
     def _default_mask(self, sample_id: str) -> Path | None:
         return None if self.mask_dir is None else self.root / self.mask_dir / f"{sample_id}.png"
 
-    def samples(self, split: str) -> list[Sample]:
+    def split_list(self, split: str) -> Path:
+        return self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+
+    def has_split(self, split: str) -> bool:
+        """Whether ``ImageSets/Segmentation/{split}.txt`` exists."""
+        return self.split_list(split).is_file()
+
+    def samples(self, split: str, require_masks: bool = True) -> list[Sample]:
         """Samples of ``ImageSets/Segmentation/{split}.txt`` (one id per line)."""
-        path = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        path = self.split_list(split)
         if not path.is_file():
+            hint = ("; train_aug.txt is not part of the VOC download: copy UniMatch's splits/pascal/train_aug.txt "
+                    "there, or train on the official list with data.train_split=train"
+                    if split == "train_aug" else "")
             raise DataError(
-                f"VOC split '{split}': list {path} not found (expected ImageSets/Segmentation/{split}.txt)"
+                f"VOC split '{split}' (data.train_split / data.val_split / data.labeled_split): list {path} "
+                f"not found (expected ImageSets/Segmentation/{split}.txt){hint}"
             )
-        return self.from_split_file(path)
+        return self.from_split_file(path, require_masks=require_masks)
 
     def _record_to_sample(self, record: tuple[str, ...]) -> Sample:
         sid = Path(record[0].replace("\\", "/")).stem
@@ -271,10 +304,13 @@ class VOCLayout:
             mask = default  # e.g. UniMatch's SegmentationClass/<aug id>.png -> SegmentationClassAug
         return Sample(sid, image, mask)
 
-    def from_split_file(self, path: PathLike) -> list[Sample]:
-        """Samples of a list of UniMatch pairs or bare ids (LF/CRLF); missing files -> SplitError."""
+    def from_split_file(self, path: PathLike, require_masks: bool = True) -> list[Sample]:
+        """Samples of a list of UniMatch pairs or bare ids (LF/CRLF); missing files -> SplitError.
+        ``require_masks=False`` (unlabeled lists): a mask that does not exist becomes ``None``."""
         path = Path(path)
         samples = [self._record_to_sample(r) for r in read_split_records(path)]
+        if not require_masks:
+            samples = without_missing_masks(samples)
         check_files_exist(samples, path)
         return samples
 
@@ -313,21 +349,29 @@ class FolderLayout:
         self.root = Path(root) if root is not None else self.image_dir.parent
         for what, d in (("image_dir", self.image_dir), ("mask_dir", self.mask_dir)):
             if d is not None and not d.is_dir():
-                raise DataError(f"folder layout: {what} {d} is not a folder")
+                raise DataError(f"folder layout: data.{what} {d} is not a folder")
 
     def _mask(self, folder: Path | None, sample_id: str) -> Path | None:
         return None if folder is None else folder / f"{sample_id}{self.mask_suffix}"
 
-    def samples(self, split: str | None = None) -> list[Sample]:
+    def has_split(self, split: str) -> bool:
+        """Whether ``image_dir/{split}`` exists."""
+        return (self.image_dir / split).is_dir()
+
+    def samples(self, split: str | None = None, require_masks: bool = True) -> list[Sample]:
         """Every image under ``image_dir`` (or ``image_dir/split``), sorted by id, with its mask.
 
-        Images without a mask raise :class:`DataError` listing the first few (unless mask_dir is None).
+        Hidden files and folders (``._name.jpg``, ``.DS_Store``, ``.cache/``) are skipped. Images
+        without a mask raise :class:`DataError` listing the first few, unless mask_dir is None or
+        ``require_masks`` is False (then their ``mask`` is None: unlabeled images).
         """
         idir = self.image_dir if split is None else _require_dir(self.image_dir, split, "folder-layout image")
         mdir = self.mask_dir if split is None or self.mask_dir is None else self.mask_dir / split
-        files = sorted(p for p in idir.rglob("*") if p.is_file() and p.suffix.lower() in self.image_suffixes)
+        files = sorted(p for p in idir.rglob("*")
+                       if p.suffix.lower() in self.image_suffixes and not is_hidden(p, idir) and p.is_file())
         if not files:
-            raise DataError(f"no images with suffix {'|'.join(self.image_suffixes)} found under {idir}")
+            raise DataError(f"no images with suffix {'|'.join(self.image_suffixes)} (data.image_suffix) found "
+                            f"under {idir}")
         ids = [p.relative_to(idir).with_suffix("").as_posix() for p in files]
         by_id: dict[str, list[Path]] = {}
         for i, p in zip(ids, files):
@@ -336,11 +380,14 @@ class FolderLayout:
         if dups:
             raise DataError(f"{len(dups)} image id(s) under {idir} occur with two suffixes: {_first(dups)}")
         samples = [Sample(i, p, self._mask(mdir, i)) for i, p in zip(ids, files)]
+        if not require_masks:
+            return sorted(without_missing_masks(samples), key=lambda s: s.id)
         missing = [str(s.image) for s in samples if s.mask is not None and not s.mask.is_file()]
         if missing:
             raise DataError(
                 f"{len(missing)} image(s) under {idir} have no mask '<stem>{self.mask_suffix}' in {mdir}: "
-                f"{_first(missing)}"
+                f"{_first(missing)}; labeled images need a mask (put unlabeled images in their own folder "
+                "and give it as data.unlabeled_dir)"
             )
         return sorted(samples, key=lambda s: s.id)
 
@@ -368,10 +415,13 @@ class FolderLayout:
             sid, image = rel, self._find_image(rel)
         return Sample(sid, image, self._mask(self.mask_dir, sid))
 
-    def from_split_file(self, path: PathLike) -> list[Sample]:
-        """Samples of a list of ``image mask`` pairs (relative to ``root``), image paths or bare stems."""
+    def from_split_file(self, path: PathLike, require_masks: bool = True) -> list[Sample]:
+        """Samples of a list of ``image mask`` pairs (relative to ``root``), image paths or bare stems.
+        ``require_masks=False`` (unlabeled lists): a mask that does not exist becomes ``None``."""
         path = Path(path)
         samples = [self._record_to_sample(r) for r in read_split_records(path)]
+        if not require_masks:
+            samples = without_missing_masks(samples)
         check_files_exist(samples, path)
         return samples
 
@@ -488,11 +538,15 @@ def scan_samples(
     ignore_index: int = 255,
     label_remap: Mapping[int, int] | None = None,
     decode_images: bool = True,
+    read_masks: bool = True,
 ) -> ScanReport:
     """Read every sample, collecting (not raising) problems, and count mask pixels per class.
 
     ``histogram[c] = Σ_files #{pixels == c}`` for c < C (np.bincount per mask); ignore and
     out-of-range pixels are counted separately. ``decode_images=False`` reads only image headers.
+    ``read_masks=False`` reads only mask headers too (readable, same size as the image; a PNG/JPEG
+    without its end marker is decoded to confirm), counting no pixels: the cheap pre-training check
+    of the validation files.
     """
     remap = build_remap_lut(label_remap)
     rep = ScanReport(n_samples=len(samples), histogram=np.zeros(num_classes, np.int64))
@@ -504,6 +558,15 @@ def scan_samples(
         except DataError as e:
             rep.problems.append((str(s.image), str(e)))
         if s.mask is None:
+            continue
+        if not read_masks:
+            try:
+                mask_hw = image_size(s.mask)
+                rep.n_masks += 1
+                if size is not None:
+                    check_same_hw(size, mask_hw, s.image, s.mask)
+            except DataError as e:
+                rep.problems.append((str(s.mask), str(e).replace("image file", "mask file")))
             continue
         try:
             mask = read_mask(s.mask, s.lut)

@@ -25,6 +25,7 @@ __all__ = [
     "check_files_exist",
     "check_unique_ids",
     "check_utf8_names",
+    "without_missing_masks",
 ]
 
 PathLike = str | Path
@@ -114,6 +115,12 @@ def partition(samples: Sequence[Sample], n_labeled: int, seed: int) -> tuple[lis
     labeled = [s for s, c in zip(ordered, chosen) if c]
     unlabeled = [s for s, c in zip(ordered, chosen) if not c]
     return labeled, unlabeled
+
+
+def without_missing_masks(samples: Sequence[Sample]) -> list[Sample]:
+    """Unlabeled samples need no mask: a named mask that does not exist becomes ``None`` (and so does
+    its LUT); samples whose mask exists keep it (used only for pseudo-label diagnostics)."""
+    return [s if s.mask is None or Path(s.mask).is_file() else s._replace(mask=None, lut=None) for s in samples]
 
 
 def check_disjoint(

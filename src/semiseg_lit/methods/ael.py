@@ -138,8 +138,8 @@ class AELMethod(SegMethod):
                            ignore_index=self.ignore_index, log_every_n_steps=int(self.cfg.trainer.log_every_n_steps),
                            groups=groups),
         ]
-        if a.cutmix and a.cutmix_adaptive:
-            n = self.num_unlabeled or len(self.trainer.datamodule.partition.unlabeled)
+        n = (self.num_unlabeled or len(self.trainer.datamodule.partition.unlabeled)) if a.cutmix else 0
+        if a.cutmix and a.cutmix_adaptive and n > 0:  # n = 0: task=eval, which resolves only the val set
             callbacks.append(CutMixBank(self.num_classes, n, area_thresh=a.cutmix_bank_area_thresh,
                                         lag=a.cutmix_bank_lag, sync=a.cutmix_bank_sync, groups=groups))
         return callbacks

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_warn
 from segmentation_models_pytorch.base import SegmentationHead
@@ -202,9 +202,14 @@ class ELNMethod(SegMethod):
     def __init__(self, cfg: DictConfig, class_info: ClassInfo):
         if cfg.method.get("eln") is None:
             raise ValueError("method=eln needs the method.eln config node")
-        if not cfg.model.get("projection_dim"):
-            raise ValueError("method=eln needs model.projection_dim (the contrastive projection head; "
-                             "reference 128), got null")
+        if not cfg.model.get("projection_dim"):  # the method brings the projection head it needs
+            dim = int(cfg.method.eln.get("projection_dim") or 0)
+            if dim < 1:
+                raise ValueError(f"method=eln needs a contrastive projection head: set model.projection_dim=128 "
+                                 f"(or method.eln.projection_dim=128), got {dim}")
+            cfg = copy.deepcopy(cfg)  # the checkpoint's config then records the head that was built
+            with open_dict(cfg):
+                cfg.model.projection_dim = dim
         super().__init__(cfg, class_info)
         e = self.e = cfg.method.eln
         eln_stage(0, int(e.pretrain_steps), int(e.eln_steps))  # validates the boundaries

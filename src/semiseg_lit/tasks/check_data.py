@@ -2,6 +2,9 @@
 unreadable or inconsistent file (nothing is trained).
 
 ``python -m semiseg_lit task=check_data data=cityscapes data.root=/data/cityscapes``
+
+Returns the number of problems found; the command line exits with status 1 when it is not 0, so
+scripts can gate on it (``__main__``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ from semiseg_lit.data.datasets import scan_samples
 from semiseg_lit.tasks.common import build_datamodule, output_dir
 
 log = logging.getLogger(__name__)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 problem``, ``0 problems``, ``3 problems``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def check_data(cfg: DictConfig) -> int:
@@ -38,7 +46,8 @@ def check_data(cfg: DictConfig) -> int:
             "class_pixels": {n: int(c) for n, c in zip(names, hist)}, "ignore_pixels": int(rep.ignore_pixels),
             "problems": [{"file": str(f), "problem": m} for f, m in rep.problems]}
         problems_total += len(rep.problems)
-        lines.append(f"\n[{split}] {len(samples)} images, {rep.n_masks} masks, {len(rep.problems)} problems")
+        lines.append(f"\n[{split}] {plural(len(samples), 'image')}, {plural(rep.n_masks, 'mask')}, "
+                     f"{plural(len(rep.problems), 'problem')}")
         if rep.n_masks:
             lines.append("  class histogram (share of labeled pixels):")
             for n, c in zip(names, hist):
@@ -49,6 +58,6 @@ def check_data(cfg: DictConfig) -> int:
             lines.append(f"  ... and {len(rep.problems) - 50} more (see the JSON report)")
     path = out / "check_data.json"
     path.write_text(json.dumps(report, indent=2))
-    lines.append(f"\n{problems_total} problem(s); report written to {path}")
+    lines.append(f"\n{plural(problems_total, 'problem')} found; report written to {path}")
     print("\n".join(lines), flush=True)
     return problems_total
