@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_info
 
 from semiseg_lit.callbacks.confidence_bank import ConfidenceBank
 from semiseg_lit.callbacks.cutmix_bank import CutMixBank
@@ -102,6 +103,10 @@ class AELMethod(SegMethod):
         if bool(ignore.all()):
             raise ValueError("method.ael.copy_paste_ignore_classes excludes every class: nothing can be pasted")
         self.register_buffer("paste_ignore", ignore, persistent=False)
+
+    def on_fit_start(self) -> None:
+        rank_zero_info(f"AEL: confidence-bank momentum {self.bank_momentum:.4g} (time constant "
+                       f"{1.0 / max(1.0 - self.bank_momentum, 1e-12):.0f} steps); {self.describe_unsup_start()}")
 
     @classmethod
     def required_streams(cls, cfg: DictConfig) -> tuple[str, ...]:

@@ -125,6 +125,13 @@ class SegMethod(pl.LightningModule):
             return F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
         raise ValueError(f"method.loss.name={loss_cfg.name!r}: expected 'ce' or 'ohem'")
 
+    def describe_unsup_start(self) -> str:
+        """One line for the console: the resolved warm-up / ramp (``auto`` made visible)."""
+        if not (self.unsup_warmup_steps or self.unsup_rampup_steps):
+            return "unsupervised loss at full weight from its first step (no warm-up, no ramp: the reference)"
+        return (f"unsupervised loss: supervised warm-up {self.unsup_warmup_steps} steps, then a "
+                f"{self.unsup_rampup_shape} ramp over {self.unsup_rampup_steps} steps (method.unsup_*)")
+
     def unsup_weight(self, step: int) -> float:
         """Weight of the unsupervised terms ``step`` steps after the method's first unsupervised step:
         0 during ``method.unsup_warmup_steps``, then the ramp to 1 (ops/rampup.py). A Python float from

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from segmentation_models_pytorch.base import SegmentationHead
 from segmentation_models_pytorch.decoders.deeplabv3.decoder import DeepLabV3PlusDecoder
 from torch import Tensor, nn
@@ -274,6 +274,7 @@ class ELNMethod(SegMethod):
         e = self.e
         for msg in stage_warnings(int(e.pretrain_steps), int(e.eln_steps), int(self.trainer.max_steps)):
             rank_zero_warn(msg)
+        rank_zero_info(f"ELN stage 3: {self.describe_unsup_start()}")
 
     def on_train_start(self) -> None:
         self._teacher_ready = bool(self.teacher_ready)  # one host sync per fit (after a checkpoint restore)
