@@ -101,19 +101,22 @@ def step_time_configs(args) -> list[dict]:
     return configs
 
 
-def shape_args(method: str, tiny: bool) -> list[str]:
-    """step_time.py arguments of the reference shapes (ael.md §1, eln.md §5) or the tiny ones."""
+def shape_args(method: str, tiny: bool, model: str | None) -> list[str]:
+    """step_time.py arguments of the reference shapes and networks (ael.md §1, eln.md §5; the official
+    networks of ``conf/model/deeplabv3plus_{ael,eln}.yaml`` unless ``--model`` names another) or the tiny
+    ones (smp's small DeepLabV3+)."""
     if tiny:
-        return ["--encoder", "resnet18", "--crop", "64", "--labeled", "2", "--unlabeled", "2", "--steps", "1",
-                "--warmup", "1", "--", "model.decoder_channels=32"]
-    if method == "eln":  # ELN Cityscapes: ResNet-50, 512x1024 crops, OS8
-        return ["--encoder", "resnet50", "--crop", "512", "1024", "--labeled", "8", "--unlabeled", "8",
-                "--steps", "4", "--warmup", "2", "--distinct-batches", "2", "--",
-                "model.output_stride=8", "model.decoder_channels=256", "method.eln.encoder_weights=null"]
-    # AEL / supervised: ResNet-101, 769x769, OS8, the global reference batch on one device
-    return ["--encoder", "resnet101", "--crop", "769", "--labeled", "16", "--unlabeled", "8", "--steps", "4",
-            "--warmup", "2", "--distinct-batches", "2", "--",
-            "model.output_stride=8", "model.decoder_channels=256", "model.aux_head=true"]
+        return ["--model", model or "deeplabv3plus", "--encoder", "resnet18", "--crop", "64", "--labeled", "2",
+                "--unlabeled", "2", "--steps", "1", "--warmup", "1", "--", "model.decoder_channels=32"]
+    if method == "eln":  # ELN Cityscapes: the official ResNet-50 OS16 network + reference ELN, 512x1024 crops
+        return ["--model", model or "deeplabv3plus_eln", "--encoder", "resnet50", "--crop", "512", "1024",
+                "--labeled", "8", "--unlabeled", "8", "--steps", "4", "--warmup", "2", "--distinct-batches", "2",
+                "--", "method.eln.network=reference", "method.eln.encoder_weights=null"]
+    # AEL / supervised: the official deep-stem ResNet-101 OS8, 769x769, the global reference batch on one
+    # device; AEL with the reference's 8 emulated GPUs (per-group banks, OHEM, draws)
+    extra = ["method.ael.virtual_ranks=8"] if method == "ael" else []
+    return ["--model", model or "deeplabv3plus_ael", "--encoder", "resnet101s", "--crop", "769", "--labeled", "16",
+            "--unlabeled", "8", "--steps", "4", "--warmup", "2", "--distinct-batches", "2", "--", *extra]
 
 
 def part_step_time(args, out: Path, budget: float) -> dict:
@@ -126,11 +129,11 @@ def part_step_time(args, out: Path, budget: float) -> dict:
             continue
         rec_file = out / f"step_time_{i}.json"
         cmd = [PY, "benchmarks/step_time.py", "--device", args.device, "--methods", c["method"],
-               "--precision", c["precision"], "--model", args.model, "--threads", str(args.threads),
+               "--precision", c["precision"], "--threads", str(args.threads),
                "--out", str(rec_file)]
         cmd += ["--channels-last"] if c["cl"] else []
         cmd += ["--compile"] if c["compile"] else []
-        shape = shape_args(c["method"], args.tiny)
+        shape = shape_args(c["method"], args.tiny, args.model)
         split = shape.index("--")
         cmd += shape[:split] + ["--"] + shape[split + 1:]
         r = run_part(f"step_time_{i}", cmd, min(left, 180), out)
@@ -243,7 +246,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, required=True, help="folder for summary.json, summary.md and the logs")
     ap.add_argument("--parts", nargs="+", default=["tests", "step_time", "data", "train"],
                     choices=["tests", "step_time", "data", "train"])
-    ap.add_argument("--model", default="deeplabv3plus", help="model config under conf/model/ for step_time")
+    ap.add_argument("--model", default=None, help="model config under conf/model/ for step_time (default: the "
+                    "official networks deeplabv3plus_ael / deeplabv3plus_eln; tiny: deeplabv3plus)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the step-time children")
     ap.add_argument("--budget", type=float, default=None,
                     help="total seconds (default 450 full / 600 tiny), shared by the parts")

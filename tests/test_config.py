@@ -105,3 +105,53 @@ def test_every_experiment_passes_the_schema_check(compose_cfg, name):
     from semiseg_lit.config import check_schema
 
     check_schema(compose_cfg([f"+experiment={name}"]))
+
+
+REFERENCE_EXPERIMENTS = [n for n in EXPERIMENTS if not n.endswith("synthscapes")]
+
+
+@pytest.mark.parametrize("name", REFERENCE_EXPERIMENTS)
+def test_reference_experiments_keep_the_official_bank_momentum_and_no_warmup(compose_cfg, name):
+    """Issue 16: the method configs default to `auto` (bank time constant and unsupervised start sized to
+    the schedule); every reference experiment still runs the reference: bank 0.999, full weight from step 0."""
+    from semiseg_lit.ops.confidence import resolve_bank_momentum
+    from semiseg_lit.ops.rampup import resolve_start_steps
+
+    cfg = compose_cfg([f"+experiment={name}"])
+    steps = int(cfg.trainer.max_steps)
+    if cfg.method.name == "ael":
+        assert cfg.method.ael.bank_momentum == 0.999  # explicit in the experiment file
+        assert resolve_bank_momentum(cfg.method.ael.bank_momentum, steps) == 0.999
+    assert resolve_start_steps(cfg.method.unsup_warmup_steps, cfg.method.unsup_rampup_steps, steps) == (0, 0)
+
+
+@pytest.mark.parametrize(("name", "start"), [("ael_synthscapes", (50, 100)), ("eln_synthscapes", (0, 200))])
+def test_short_synthscapes_schedules_get_a_supervised_start_and_a_short_bank(compose_cfg, name, start):
+    from semiseg_lit.ops.confidence import resolve_bank_momentum
+    from semiseg_lit.ops.rampup import resolve_start_steps
+
+    cfg = compose_cfg([f"+experiment={name}"])
+    steps = int(cfg.trainer.max_steps)
+    assert resolve_start_steps(cfg.method.unsup_warmup_steps, cfg.method.unsup_rampup_steps, steps) == start
+    if cfg.method.name == "ael":
+        assert resolve_bank_momentum(cfg.method.ael.bank_momentum, steps) == pytest.approx(0.96)
+
+
+def test_bank_momentum_takes_auto_or_a_number_and_a_bad_value_names_the_key(compose_cfg, synth_root, tmp_path):
+    from semiseg_lit.data.datamodule import resolve_class_info
+    from semiseg_lit.methods.ael import AELMethod
+    from tests.conftest import tiny_overrides
+
+    def build(*overrides):
+        cfg = compose_cfg(["+experiment=ael_synthscapes", *tiny_overrides(synth_root, tmp_path), *overrides])
+        return AELMethod(cfg, resolve_class_info(cfg.data), num_unlabeled=8)
+
+    assert build("method.ael.bank_momentum=0.98").bank_momentum == 0.98
+    assert build("trainer.max_steps=800").bank_momentum == pytest.approx(0.98)  # auto: T = 800 / 16
+    assert build("trainer.max_steps=800").configure_callbacks()[1].momentum == pytest.approx(0.98)
+    with pytest.raises(ValueError, match=r"method.ael.bank_momentum='slow'"):
+        build("method.ael.bank_momentum=slow")
+    with pytest.raises(ValueError, match=r"method.unsup_warmup_steps='later'"):
+        build("method.unsup_warmup_steps=later")
+    with pytest.raises(ValueError, match=r"method.unsup_rampup_shape='cosine'"):
+        build("method.unsup_rampup_shape=cosine")

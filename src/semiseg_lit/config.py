@@ -188,8 +188,11 @@ class AELConfig:
     ema_warmup: bool = True
     ema_average_buffers: bool = False
     teacher_train_mode: bool = True
-    # confidence bank (§3)
-    bank_momentum: float = 0.999
+    # confidence bank (§3). EMA momentum: "auto" = time constant max_steps / 16 steps, at most the
+    # reference's 1000 (0.999; every schedule >= 16000 steps); or a number in [0, 1) (reference
+    # experiments: 0.999). Typed Any because OmegaConf has no str|float union: checked by
+    # ops/confidence.resolve_bank_momentum when the method is built, naming the key.
+    bank_momentum: Any = "auto"
     bank_absent: str = "zero"          # zero (reference: absent classes pulled to 0) | keep
     bank_init: str = "random"          # random (reference: torch.rand) | zeros | ones
     bank_sync: bool = True             # all-reduce across DDP ranks; false = per-GPU banks (reference)
@@ -297,6 +300,14 @@ class MethodConfig:
     eval_model: str = "student"
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    # schedule-aware start of the unsupervised loss (ops/rampup.py; AEL and ELN, ignored by supervised):
+    # weight 0 for unsup_warmup_steps, then a ramp to 1 over unsup_rampup_steps (counted from the
+    # method's first unsupervised step: AEL 0, ELN the stage-3 start). Each "auto" or an int >= 0
+    # (Any: no str|int union in OmegaConf; checked when the method is built). auto = none for
+    # schedules of >= 16000 steps (the reference), else max_steps // 8 and max_steps // 4.
+    unsup_warmup_steps: Any = 0
+    unsup_rampup_steps: Any = 0
+    unsup_rampup_shape: str = "sigmoid"  # sigmoid: exp(-5(1-t)^2) (Laine & Aila; Tarvainen & Valpola) | linear
     # per-method sub-nodes (filled by method/ael.yaml and method/eln.yaml)
     ael: AELConfig | None = None
     eln: ELNConfig | None = None

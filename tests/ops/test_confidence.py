@@ -181,3 +181,32 @@ def test_sample_classes_frequencies_and_determinism() -> None:
     assert torch.equal(draws, again)
     with pytest.raises(ValueError, match="noise"):
         sample_classes(probs, 3, noise=torch.rand(2))
+
+
+# ------------------------------------------------------------------ bank momentum: auto (issue 16)
+def test_auto_bank_momentum_follows_the_schedule_and_is_the_reference_for_long_ones():
+    from semiseg_lit.ops.confidence import bank_momentum_for_schedule
+
+    assert bank_momentum_for_schedule(400) == pytest.approx(1 - 1 / 25)    # T = 400 / 16
+    assert bank_momentum_for_schedule(800) == pytest.approx(0.98)          # T = 50
+    assert bank_momentum_for_schedule(4000) == pytest.approx(0.996)        # T = 250
+    assert bank_momentum_for_schedule(8) == 0.0                            # T clipped to 1 step
+    for reference_steps in (16_000, 18_600, 34_800, 52_480):
+        assert bank_momentum_for_schedule(reference_steps) == pytest.approx(0.999, abs=1e-12)
+    # what the issue measured: the random initial bank keeps 0.999^400 = 67 % of its weight after 400 steps;
+    # auto forgets it (weight (1 - 1/25)^400 = 8e-8)
+    assert 0.999 ** 400 == pytest.approx(0.670, abs=1e-3)
+    assert bank_momentum_for_schedule(400) ** 400 < 1e-7
+
+
+def test_resolve_bank_momentum_accepts_auto_and_numbers_and_names_the_key_otherwise():
+    from semiseg_lit.ops.confidence import resolve_bank_momentum
+
+    assert resolve_bank_momentum("auto", 400) == pytest.approx(0.96)
+    assert resolve_bank_momentum(0.999, 400) == 0.999
+    assert resolve_bank_momentum(0, 400) == 0.0
+    for bad in (1.0, -0.1, "fast", True, None):
+        with pytest.raises(ValueError, match=r"method.ael.bank_momentum=.*expected 'auto'"):
+            resolve_bank_momentum(bad, 400)
+    with pytest.raises(ValueError, match=r"method.ael.bank_momentum=auto .* trainer.max_steps=-1"):
+        resolve_bank_momentum("auto", -1)

@@ -6,7 +6,11 @@ the equalization sampling of the same step already uses the new values; the copy
 class draws at the start of the step use the previous state):
 
     conf_c(batch) = Σ_{pixels with y=c} p_c / #{y=c}           (student softmax on labeled pixels)
-    bank_c ← τ·bank_c + (1-τ)·conf_c                            (τ = 0.999; absent classes → 0)
+    bank_c ← τ·bank_c + (1-τ)·conf_c                            (absent classes → 0)
+
+``τ`` is ``method.ael.bank_momentum`` as resolved by the method: the reference's 0.999, or ``auto``
+(:func:`semiseg_lit.ops.confidence.bank_momentum_for_schedule`: time constant ``max_steps / 16``
+steps, at most 1000 = the reference).
 
 With ``sync=True`` the per-class sums and counts are all-reduced over DDP ranks before the
 division, so every rank holds the same bank (the statistic of the global batch); ``sync=False``

@@ -15,7 +15,14 @@ One training step (ael.md §13), per device:
 5. Unsupervised loss on the labeled and mixed crops: CE against teacher pseudo-labels weighted by
    ``conf_teacher^γ`` (DR) and an equalization keep mask with ``P(keep | ĉ) = s_ĉ`` (AES),
    normalised by the weight sum.
-6. ``loss = (L_sup + α·(L_c1 + L_c2)) · grad_scale``; the EMA teacher callback updates the teacher.
+6. ``loss = (L_sup + w·α·(L_c1 + L_c2)) · grad_scale``; the EMA teacher callback updates the teacher.
+
+``w`` is the schedule-aware start (``method.unsup_warmup_steps`` / ``unsup_rampup_steps``,
+:mod:`semiseg_lit.ops.rampup`): 0 during a supervised warm-up, then a sigmoid ramp to 1; 1 from step 0
+in the reference. Only the loss is weighted: during the warm-up the teacher still pseudo-labels, the
+CutMix image bank and the confidence bank still update and the EMA teacher still follows the student,
+so all three are warm when the unsupervised loss switches on, and a step draws the same randomness
+whatever the warm-up length (runs differ only by ``w``).
 
 Emulated GPUs (``method.ael.virtual_ranks = V``, :mod:`semiseg_lit.ops.virtual_ranks`): the device
 batch is ``G = V / world size`` groups and every per-GPU piece of the reference acts per group — the
@@ -33,15 +40,16 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_info
 
 from semiseg_lit.callbacks.confidence_bank import ConfidenceBank
 from semiseg_lit.callbacks.cutmix_bank import CutMixBank
 from semiseg_lit.callbacks.ema_teacher import EMATeacher
 from semiseg_lit.data.labels import ClassInfo
 from semiseg_lit.methods.base import SegMethod
-from semiseg_lit.ops.confidence import copy_paste_class_probs, equalization_keep_rate
+from semiseg_lit.ops.confidence import copy_paste_class_probs, equalization_keep_rate, resolve_bank_momentum
 from semiseg_lit.ops.copy_paste import adaptive_copy_paste, draw_paste_classes
 from semiseg_lit.ops.cutmix import cutmix_masks, mix, random_box_masks
 from semiseg_lit.ops.losses import (
@@ -79,6 +87,9 @@ class AELMethod(SegMethod):
         if int(self.ael.virtual_ranks) < 1:
             raise ValueError(f"method.ael.virtual_ranks={self.ael.virtual_ranks}: expected the number of GPUs "
                              "to emulate (>= 1; 1 = one per device, the reference experiments: 8)")
+        # the confidence bank's EMA momentum (`auto`: time constant max_steps / 16, at most the reference's 0.999)
+        self.bank_momentum = resolve_bank_momentum(self.ael.bank_momentum,
+                                                   int(OmegaConf.select(cfg, "trainer.max_steps", default=-1)))
         if self.ael.student_view not in ("weak", "strong"):
             raise ValueError(f"method.ael.student_view={self.ael.student_view!r}: expected 'weak' or 'strong'")
         ignore_list = self.ael.copy_paste_ignore_classes
@@ -92,6 +103,10 @@ class AELMethod(SegMethod):
         if bool(ignore.all()):
             raise ValueError("method.ael.copy_paste_ignore_classes excludes every class: nothing can be pasted")
         self.register_buffer("paste_ignore", ignore, persistent=False)
+
+    def on_fit_start(self) -> None:
+        rank_zero_info(f"AEL: confidence-bank momentum {self.bank_momentum:.4g} (time constant "
+                       f"{1.0 / max(1.0 - self.bank_momentum, 1e-12):.0f} steps); {self.describe_unsup_start()}")
 
     @classmethod
     def required_streams(cls, cfg: DictConfig) -> tuple[str, ...]:
@@ -133,7 +148,7 @@ class AELMethod(SegMethod):
                 "all, the clean choice) or virtual_ranks equal to the number of devices")
         callbacks: list[Callback] = [
             EMATeacher(decay=a.ema_decay, warmup=a.ema_warmup, average_buffers=a.ema_average_buffers),
-            ConfidenceBank(self.num_classes, self.class_info.names, momentum=a.bank_momentum, absent=a.bank_absent,
+            ConfidenceBank(self.num_classes, self.class_info.names, momentum=self.bank_momentum, absent=a.bank_absent,
                            init=a.bank_init, sync=a.bank_sync, seed=int(self.cfg.seed),
                            ignore_index=self.ignore_index, log_every_n_steps=int(self.cfg.trainer.log_every_n_steps),
                            groups=groups),
@@ -249,11 +264,13 @@ class AELMethod(SegMethod):
         # 4. confidence bank (student softmax on labeled pixels; row g from group g)
         bank = self.confidence_bank.update(F.softmax(out_l.logits.detach().float(), 1), y_l)
 
-        # 5. DR + AES unsupervised losses (keep rates and noise per group)
+        # 5. DR + AES unsupervised losses (keep rates and noise per group), weighted by the
+        # schedule-aware start w (0 during the supervised warm-up, then a ramp to 1)
         keep_rate = equalization_keep_rate(bank, float(a.sampling_beta)) if a.sampling else None
-        terms["unsup_unlabeled"] = a.alpha * self.unsup_loss(logits_u, conf_u, pl_u, keep_rate, gens)
+        unsup_w = a.alpha * self.unsup_weight(self.global_step)
+        terms["unsup_unlabeled"] = unsup_w * self.unsup_loss(logits_u, conf_u, pl_u, keep_rate, gens)
         if t_l is not None:
-            terms["unsup_labeled"] = a.alpha * self.unsup_loss(out_l.logits, conf_l, pl_l, keep_rate, gens)
+            terms["unsup_labeled"] = unsup_w * self.unsup_loss(out_l.logits, conf_l, pl_l, keep_rate, gens)
 
         # 6. the mean over emulated GPUs of their losses (= DDP's gradient average over G GPUs)
         self.last_group_terms = {**{k: v.detach() for k, v in terms.items()}, "ohem_kept": ohem_kept}
@@ -261,6 +278,8 @@ class AELMethod(SegMethod):
         loss = sum(terms.values()) * float(a.grad_scale)
         self.track_finite(loss, terms, self.global_step)
         self.log_losses({"loss": loss, **terms}, batch_size=x_l.shape[0])
+        self.log("train/unsup_weight", self.unsup_weight(self.global_step), on_step=True, on_epoch=False,
+                 batch_size=x_l.shape[0])
         return loss
 
     @staticmethod

@@ -23,6 +23,7 @@ from semiseg_lit.methods.finite_guard import FiniteGuard
 from semiseg_lit.models.deeplab import SegmentationNet, build_segmentation_net
 from semiseg_lit.ops.losses import class_argmax, ohem_cross_entropy
 from semiseg_lit.ops.metrics import segmentation_scores
+from semiseg_lit.ops.rampup import resolve_start_steps, unsup_weight
 from semiseg_lit.ops.sliding_window import center_crop, protocol_probs
 
 
@@ -77,6 +78,13 @@ class SegMethod(pl.LightningModule):
         # best validation of the evaluated network during fit (by val/miou, as best.ckpt): miou,
         # pixel_acc, per_class_iou, step; kept in checkpoints (a resumed run continues the record)
         self.best_scores: dict[str, Any] | None = None
+        # schedule-aware start of the unsupervised loss (teacher-student methods; ops/rampup.py),
+        # resolved and checked here, before any work
+        m, max_steps = cfg.method, int(OmegaConf.select(cfg, "trainer.max_steps", default=-1))
+        self.unsup_warmup_steps, self.unsup_rampup_steps = resolve_start_steps(
+            m.get("unsup_warmup_steps", 0), m.get("unsup_rampup_steps", 0), max_steps)
+        self.unsup_rampup_shape = str(m.get("unsup_rampup_shape", "sigmoid"))
+        unsup_weight(0, 0, 0, self.unsup_rampup_shape)  # validates the shape
 
     # ------------------------------------------------------------------ building
     def build_network(self) -> SegmentationNet:
@@ -150,6 +158,19 @@ class SegMethod(pl.LightningModule):
         if loss_cfg.name == "ce":
             return F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
         raise ValueError(f"method.loss.name={loss_cfg.name!r}: expected 'ce' or 'ohem'")
+
+    def describe_unsup_start(self) -> str:
+        """One line for the console: the resolved warm-up / ramp (``auto`` made visible)."""
+        if not (self.unsup_warmup_steps or self.unsup_rampup_steps):
+            return "unsupervised loss at full weight from its first step (no warm-up, no ramp: the reference)"
+        return (f"unsupervised loss: supervised warm-up {self.unsup_warmup_steps} steps, then a "
+                f"{self.unsup_rampup_shape} ramp over {self.unsup_rampup_steps} steps (method.unsup_*)")
+
+    def unsup_weight(self, step: int) -> float:
+        """Weight of the unsupervised terms ``step`` steps after the method's first unsupervised step:
+        0 during ``method.unsup_warmup_steps``, then the ramp to 1 (ops/rampup.py). A Python float from
+        the step counter: no tensor, no host sync."""
+        return unsup_weight(step, self.unsup_warmup_steps, self.unsup_rampup_steps, self.unsup_rampup_shape)
 
     # ------------------------------------------------------------------ evaluation
     def eval_network(self) -> nn.Module:

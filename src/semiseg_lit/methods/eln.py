@@ -12,7 +12,10 @@ a resume):
    against the teacher's argmax kept where ``sigmoid(ELN(weak image, teacher logits)) > 0.5`` (§4.2),
    and the pixel contrastive loss between teacher (anchor) and student projections (§4.3). The teacher
    is copied from the student at the first stage-3 step and then follows it by EMA (``EMATeacher``,
-   constant decay 0.995, parameters only).
+   constant decay 0.995, parameters only). These stage-3 terms are weighted by the schedule-aware
+   start ``w`` (``method.unsup_warmup_steps`` / ``unsup_rampup_steps``, :mod:`semiseg_lit.ops.rampup`),
+   counted from the stage-3 start: 1 throughout in the reference; with a ramp the teacher is still
+   copied at the stage-3 start and follows the student by EMA from there.
 
 Design choices (see also the report in ``ELNConfig``):
 
@@ -47,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from segmentation_models_pytorch.base import SegmentationHead
 from segmentation_models_pytorch.decoders.deeplabv3.decoder import DeepLabV3PlusDecoder
 from torch import Tensor, nn
@@ -317,6 +320,7 @@ class ELNMethod(SegMethod):
         e = self.e
         for msg in stage_warnings(int(e.pretrain_steps), int(e.eln_steps), int(self.trainer.max_steps)):
             rank_zero_warn(msg)
+        rank_zero_info(f"ELN stage 3: {self.describe_unsup_start()}")
 
     def on_train_start(self) -> None:
         self._teacher_ready = bool(self.teacher_ready)  # one host sync per fit (after a checkpoint restore)
@@ -415,18 +419,20 @@ class ELNMethod(SegMethod):
                 diag[f"aux{k}_ce"], diag[f"aux{k}_gate_open"] = aux_ce[k].detach(), gate_open[k]
                 diag[f"eln_aux{k}"] = eln_terms[k].detach()
             diag["eln_main"] = eln_terms[-1].detach()
-        if stage >= 3:  # pseudo labels on the unlabeled batch
+        if stage >= 3:  # pseudo labels on the unlabeled batch, weighted by the schedule-aware start
             u = batch["unlabeled"]
             labels, keep, yhat, t_proj = self.pseudo_labels(u["image"])
             g = self.step_generator(step)
+            w = self.unsup_weight(step - self.stage3_start)  # 1 in the reference (ops/rampup.py)
             for view, x in (("weak", u["image"]), ("strong", u["image_strong"])):
                 out = self.student.forward_all(x, proj=True, keep_features=True)
-                terms[f"pl_{view}"] = float(e.pseudo_weight) * masked_cross_entropy(
+                terms[f"pl_{view}"] = w * float(e.pseudo_weight) * masked_cross_entropy(
                     quarter_logits(self.student, out), labels, self.ignore_index)
-                terms[f"con_{view}"] = float(e.contrastive_weight) * pixel_contrastive_loss(
+                terms[f"con_{view}"] = w * float(e.contrastive_weight) * pixel_contrastive_loss(
                     t_proj, out.proj, labels, tau=float(e.temperature), n_crops=int(e.n_crops),
                     crop_size=int(e.crop_size), ignore_index=self.ignore_index, generator=g)
             diag["kept_frac"] = keep.float().mean()
+            diag["unsup_weight"] = torch.tensor(w, device=self.device)
             if "mask" in u:
                 diag["pl_acc_kept"], diag["pl_acc_rejected"] = kept_rejected_accuracy(
                     yhat, keep, u["mask"], self.ignore_index)
