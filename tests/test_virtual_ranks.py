@@ -97,9 +97,8 @@ def run(out: Path, overrides: list[str], processes: int) -> list[dict]:
 
 @pytest.mark.slow
 def test_one_process_with_two_virtual_ranks_equals_two_gloo_processes(synth_root, tmp_path):
-    overrides = [*tiny_overrides(synth_root, tmp_path / "out"), *RUN]
-    (one,) = run(tmp_path / "one", overrides, processes=1)
-    rank0, rank1 = run(tmp_path / "two", overrides, processes=2)
+    (one,) = run(tmp_path / "one", [*tiny_overrides(synth_root, tmp_path / "one" / "run"), *RUN], processes=1)
+    rank0, rank1 = run(tmp_path / "two", [*tiny_overrides(synth_root, tmp_path / "two" / "run"), *RUN], processes=2)
     assert len(one) == len(rank0) == len(rank1) == 3
     for step, (o, r0, r1) in enumerate(zip(one, rank0, rank1)):
         where = f"step {step}"

@@ -15,6 +15,8 @@ def _run(compose_cfg, synth_root, out, experiment, *extra):
                           "trainer.val_check_interval=3", *extra]))
     metrics = json.loads((out / "metrics.json").read_text())
     metrics.pop("checkpoint_dir")
+    if metrics.get("best"):
+        metrics["best"].pop("checkpoint")  # the run folder's path
     state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     return metrics, state
 

@@ -438,7 +438,7 @@ def test_labeled_unlabeled_overlap_is_named(compose_cfg, voc_tree, tmp_path):
     unlabeled = write_list(tmp_path / "unlabeled.txt", train[2:])  # bare ids (U2PL format), shares train[2]
     with pytest.raises(SplitError, match=rf"share 1 id\(s\): {train[2]}"):
         _train(compose_cfg, "ael_voc_blend_1_8", voc_tree.root, tmp_path / "out",
-               f"data.labeled_list={labeled}", f"data.unlabeled_list={unlabeled}")
+               f"data.labeled_list={labeled}", f"data.unlabeled_list={unlabeled}", "method.ael.virtual_ranks=1")
 
 
 def test_folder_without_num_classes_or_remap_is_a_clear_error(compose_cfg, tmp_path):
