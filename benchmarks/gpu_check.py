@@ -111,7 +111,8 @@ def shape_args(method: str, tiny: bool, model: str | None) -> list[str]:
     if method == "eln":  # ELN Cityscapes: the official ResNet-50 OS16 network + reference ELN, 512x1024 crops
         return ["--model", model or "deeplabv3plus_eln", "--encoder", "resnet50", "--crop", "512", "1024",
                 "--labeled", "8", "--unlabeled", "8", "--steps", "4", "--warmup", "2", "--distinct-batches", "2",
-                "--", "method.eln.network=reference", "method.eln.encoder_weights=null"]
+                "--", "method.eln.network=reference", "method.eln.decoder_channels=256",
+                "method.eln.encoder_weights=null"]
     # AEL / supervised: the official deep-stem ResNet-101 OS8, 769x769, the global reference batch on one
     # device; AEL with the reference's 8 emulated GPUs (per-group banks, OHEM, draws)
     extra = ["method.ael.virtual_ranks=8"] if method == "ael" else []
