@@ -6,6 +6,8 @@ PIP    := $(PY) -m pip
 # pinned versions of every dependency (torch 2.14.1 / torchvision 0.29.1, ...)
 CONSTRAINTS := requirements/constraints.txt
 STAMP  := $(VENV)/.installed
+# pytest-xdist workers for `make test` (CI machines have 2 cores; 0 runs the suite in one process)
+TEST_WORKERS ?= 2
 
 .PHONY: install run test test-fast lint format benchmark clean
 
@@ -23,7 +25,7 @@ run: install
 
 ## the whole test suite (unit + end-to-end + wheel smoke test)
 test: install
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

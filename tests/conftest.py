@@ -12,6 +12,16 @@ from hydra.core.global_hydra import GlobalHydra
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+# Under pytest-xdist (`make test` runs `-n 2`), each worker gets an equal share of the cores for torch's
+# intra-op threads, and the CLI/DDP subprocesses a test starts inherit the same share, so the workers do not
+# oversubscribe the machine.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    import torch as _torch
+
+    _torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 from semiseg_lit.__main__ import CONFIG_DIR  # noqa: E402  (registers the schemas)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
