@@ -38,6 +38,11 @@ class SynthscapesConfig:
     width: int = 128
     n_styles: int = 16
     seed: int = 0
+    # size factor of the tail things (pole width, sign, person, bicycle); 1 = the v2 geometry
+    tail_scale: float = 1.0
+    # labeled split lists drawn only from the images of styles 0..K-1 (null: all styles); the other styles
+    # are then seen only in the unlabeled images
+    labeled_styles: int | None = None
 
 
 @dataclass

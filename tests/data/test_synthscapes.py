@@ -212,6 +212,60 @@ def test_thing_parts_pole_sign_person_bicycle():
         S._thing_parts(S._Thing(S.ROAD, d=0.5, y=1.0, x=1.0, s=1.0))
 
 
+def test_tail_scale_enlarges_only_the_tail_things():
+    # pole with s = 100: half-width 1.2 px at k = 1 (cols |x + 0.5 - 50| <= 1.2: 2 px), 2.4 px at k = 2 (4 px);
+    # the height stays 0.85 s = 85 rows. Person body semi-axes scale by k, so its area by about k^2.
+    pole = S._Thing(S.POLE, d=1.0, y=90.0, x=50.0, s=100.0)
+    for k, width in ((1.0, 2), (2.0, 4)):
+        (_, box, inside), = S._thing_parts(pole, tail_scale=k)
+        sy, sx, ys, xs = S._window(*box, 100, 100)
+        m = inside(ys, xs)
+        assert m.sum(axis=1).max() == width and m.any(axis=1).sum() == 85
+    person = S._Thing(S.PERSON, d=1.0, y=99.0, x=50.0, s=100.0)
+    areas = []
+    for k in (1.0, 2.0):
+        (_, box, inside), = S._thing_parts(person, tail_scale=k)
+        sy, sx, ys, xs = S._window(*box, 400, 400)
+        areas.append(int(inside(ys, xs).sum()))
+    assert 3.6 < areas[1] / areas[0] < 4.4
+    car = S._Thing(S.CAR, d=1.0, y=50.0, x=50.0, s=100.0)
+    (_, box1, in1), = S._thing_parts(car)
+    (_, box2, in2), = S._thing_parts(car, tail_scale=2.0)
+    assert box1 == box2  # head things keep their geometry
+    # a whole scene: the same draws (stuff identical), more tail pixels
+    style = make_styles(1, 0)[0]
+    _, m1 = render_scene(np.random.default_rng(5), style, 128, 128)
+    _, m2 = render_scene(np.random.default_rng(5), style, 128, 128, tail_scale=2.0)
+    tail = [S.POLE, S.SIGN, S.PERSON, S.BICYCLE]
+    assert np.isin(m2, tail).sum() > np.isin(m1, tail).sum()
+    assert ((m1 == m2) | np.isin(m1, tail) | np.isin(m2, tail)).all()
+
+
+def test_labeled_styles_withholds_styles_from_the_labeled_lists(tmp_path: Path):
+    root = generate_synthscapes(tmp_path / "ls", n_train=60, n_val=4, height=32, width=32, n_styles=4,
+                                labeled_counts=(8, 16), labeled_styles=2)
+    train = read_list(root / "splits" / "train.txt")
+    previous: set = set()
+    for n in (8, 16):
+        labeled = read_list(root / "splits" / str(n) / "labeled.txt")
+        unlabeled = read_list(root / "splits" / str(n) / "unlabeled.txt")
+        assert len(labeled) == n and {img.split("/")[2] for img, _ in labeled} <= {"style00", "style01"}
+        assert set(labeled) | set(unlabeled) == set(train) and not set(labeled) & set(unlabeled)
+        assert {img.split("/")[2] for img, _ in unlabeled} == {"style00", "style01", "style02", "style03"}
+        assert previous <= set(labeled)
+        previous = set(labeled)
+    assert read_manifest(root)["params"]["labeled_styles"] == 2
+    # too few images of the labeled styles: refused before anything is rendered
+    with pytest.raises(ValueError, match="labeled_styles=1 leaves"):
+        generate_synthscapes(tmp_path / "few", n_train=20, n_val=0, height=32, width=32, n_styles=4,
+                             labeled_counts=(16,), labeled_styles=1)
+    assert not (tmp_path / "few").exists() or not any((tmp_path / "few").rglob("*.png"))
+    for bad in ({"labeled_styles": 5}, {"tail_scale": 0.5}, {"tail_scale": "big"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            generate_synthscapes(tmp_path / "bad", n_train=20, n_val=0, height=32, width=32, n_styles=4,
+                                 labeled_counts=(8,), **bad)
+
+
 def test_window_clips_to_the_image():
     sy, sx, ys, xs = S._window(-10.0, 70.0, 3.0, 3.0, 64, 64)  # entirely off-screen
     assert ys.size == 0 and xs.size == 0
@@ -365,7 +419,8 @@ def test_manifest_and_class_counts(small_root: Path):
     m = read_manifest(small_root)
     assert m["generator"] == GENERATOR_VERSION
     assert m["params"] == {"n_train": 40, "n_val": 8, "height": 64, "width": 64, "n_styles": 4, "seed": 0,
-                           "labeled_counts": [8, 16], "boundary_ignore": False}
+                           "labeled_counts": [8, 16], "boundary_ignore": False,
+                           "tail_scale": 1.0, "labeled_styles": None}
     counts = np.zeros(256, np.int64)
     for p in (small_root / "gtFine" / "train").glob("*/*.png"):
         counts += np.bincount(load(p).ravel(), minlength=256)

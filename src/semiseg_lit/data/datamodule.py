@@ -216,7 +216,9 @@ class SemiSegDataModule(pl.LightningDataModule):
         # split lists are generated for the standard counts; other n_labeled use a seeded draw
         counts = synthscapes_labeled_counts(int(s.n_train))
         return ensure_synthscapes(Path(self.cfg.root), n_train=s.n_train, n_val=s.n_val, height=s.height,
-                                  width=s.width, n_styles=s.n_styles, seed=s.seed, labeled_counts=counts)
+                                  width=s.width, n_styles=s.n_styles, seed=s.seed, labeled_counts=counts,
+                                  tail_scale=float(s.get("tail_scale", 1.0)),
+                                  labeled_styles=s.get("labeled_styles"))
 
     def layout(self):
         from semiseg_lit.data import datasets as D

@@ -371,15 +371,19 @@ _PERSON = (0.11, 0.037, 0.03)  # body ellipse semi-axes (y, x), head radius (>= 
 _BIKE = (0.07, 0.35, 1.15)  # wheel radius (>= 1.5 px), rim thickness / radius, hub offset / radius
 
 
-def _thing_parts(t: _Thing) -> list[tuple[int, tuple[float, float, float, float], Any]]:
+def _thing_parts(t: _Thing, tail_scale: float = 1.0) -> list[tuple[int, tuple[float, float, float, float], Any]]:
     """Parts of one thing as ``(class, bounding box (cy, cx, ry, rx) in px, inside(ys, xs) -> bool mask)``.
 
     car: body rectangle plus a narrower cabin; pole: a thin rectangle ``>= 1 px`` wide, with (flag) a diamond
     sign ``|y - yc| + |x - xc| <= r`` on top; person: body ellipse plus head disc; bicycle: two rings
     ``| ||p - c_i|| - r | <= th / 2`` side by side (§4.1 "poles with a diamond sign", "persons (ellipses)",
     "bicycles (two rings)"). The base of every thing sits on row ``t.y``.
+
+    ``tail_scale`` k multiplies the size of the tail things (pole width, sign radius, person and bicycle
+    sizes; not the pole height): their areas grow as k^2 (k^1 for poles). 1 is the v2 geometry.
     """
     s, y, x = t.s, t.y, t.x
+    k = float(tail_scale)
     if t.cls == CAR:
         (bh, bw), (ch, cw) = _CAR_BODY, _CAR_CABIN
         h = (bh + ch) * s
@@ -391,18 +395,18 @@ def _thing_parts(t: _Thing) -> list[tuple[int, tuple[float, float, float, float]
 
         return [(CAR, (y - h / 2, x, h / 2 + 1, bw * s + 1), car)]
     if t.cls == POLE:
-        ph, half = _POLE[0] * s, max(0.5, _POLE[1] * s)
+        ph, half = _POLE[0] * s, max(0.5, _POLE[1] * s * k)
         parts: list[tuple[int, tuple[float, float, float, float], Any]] = [
             (POLE, (y - ph / 2, x, ph / 2 + 1, half + 1),
              lambda ys, xs: (ys >= y - ph) & (ys < y) & (np.abs(xs - x) <= half)),
         ]
         if t.sign:
-            r = max(1.0, _SIGN_R * s)
+            r = max(1.0, _SIGN_R * s * k)
             parts.append((SIGN, (y - ph, x, r + 1, r + 1),
                           lambda ys, xs: np.abs(ys - (y - ph)) + np.abs(xs - x) <= r))
         return parts
     if t.cls == PERSON:
-        ry, rx, rh = _PERSON[0] * s, max(0.6, _PERSON[1] * s), max(0.6, _PERSON[2] * s)
+        ry, rx, rh = _PERSON[0] * s * k, max(0.6, _PERSON[1] * s * k), max(0.6, _PERSON[2] * s * k)
         head_y = y - 2 * ry - 0.8 * rh
 
         def person(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -412,7 +416,7 @@ def _thing_parts(t: _Thing) -> list[tuple[int, tuple[float, float, float, float]
         top = head_y - rh
         return [(PERSON, ((y + top) / 2, x, (y - top) / 2 + 1, max(rx, rh) + 1), person)]
     if t.cls == BICYCLE:
-        r = max(1.5, _BIKE[0] * s)
+        r = max(1.5, _BIKE[0] * s * k)
         th, off, cy = max(1.0, _BIKE[1] * r), _BIKE[2] * r, y - r
 
         def bike(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -490,14 +494,16 @@ def _shade(
 
 
 def render_scene(
-    rng: np.random.Generator, style: Style, height: int, width: int, *, boundary_ignore: bool = False
+    rng: np.random.Generator, style: Style, height: int, width: int, *, boundary_ignore: bool = False,
+    tail_scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthscapes scene (§4.1): ``image`` (H, W, 3) uint8 and ``mask`` (H, W) uint8 of class ids
     (255 only on the optional 1-px boundary band, off by default).
 
     Label map: stuff background (:func:`_background`), then things in far-to-near order. Image:
     class / instance colours + class texture (:func:`_shade`), then :func:`camera_transform`,
-    then ``round(255 x)``. Everything is drawn from ``rng``.
+    then ``round(255 x)``. Everything is drawn from ``rng``; ``tail_scale`` enlarges the tail things
+    (:func:`_thing_parts`) without changing any draw.
     """
     height, width = int(height), int(width)
     if height < MIN_SIZE or width < MIN_SIZE:
@@ -511,7 +517,7 @@ def render_scene(
     inst_colour = np.zeros((len(things) + 1, 3), dtype=np.float32)
     for k, t in enumerate(things, start=1):  # a handful of objects, each drawn in its bounding box
         inst_colour[k] = np.asarray(style.colours[t.cls], dtype=np.float32) + rng.normal(0, 0.15, 3)
-        for cls, box, inside in _thing_parts(t):
+        for cls, box, inside in _thing_parts(t, tail_scale):
             sy, sx, ys, xs = _window(*box, height, width)
             m = inside(ys, xs)
             label[sy, sx][m] = cls
@@ -533,23 +539,24 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _scene(seed: int, split: str, index: int, styles: Sequence[Style], height: int, width: int,
-           boundary_ignore: bool) -> tuple[int, np.ndarray, np.ndarray]:
+           boundary_ignore: bool, tail_scale: float = 1.0) -> tuple[int, np.ndarray, np.ndarray]:
     """(style index, image, mask) of image ``index`` of ``split``; the style is drawn uniformly first."""
     rng = image_rng(seed, split, index)
     k = int(rng.integers(len(styles)))
-    image, mask = render_scene(rng, styles[k], height, width, boundary_ignore=boundary_ignore)
+    image, mask = render_scene(rng, styles[k], height, width, boundary_ignore=boundary_ignore,
+                               tail_scale=tail_scale)
     return k, image, mask
 
 
 def iter_scenes(
     n: int, *, height: int = 128, width: int = 128, n_styles: int = 16, seed: int = 0, split: str = "train",
-    start: int = 0, boundary_ignore: bool = False,
+    start: int = 0, boundary_ignore: bool = False, tail_scale: float = 1.0,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """In-memory ``(style index, image, mask)`` for images ``start .. start + n - 1`` of a split; the
     same pixels :func:`generate_synthscapes` writes for those parameters."""
     styles = make_styles(n_styles, seed)
     for i in range(start, start + int(n)):
-        yield _scene(seed, split, i, styles, height, width, boundary_ignore)
+        yield _scene(seed, split, i, styles, height, width, boundary_ignore, tail_scale)
 
 
 def class_table(pixel_counts: np.ndarray, presence_counts: np.ndarray, n_images: int) -> list[dict[str, Any]]:
@@ -582,7 +589,8 @@ def _generate_chunk(job: tuple[Path, str, int, int, dict[str, Any]]) -> tuple[li
     presence = np.zeros(256, dtype=np.int64)
     style_ids = []
     for i in range(lo, hi):
-        k, image, mask = _scene(p["seed"], split, i, styles, p["height"], p["width"], p["boundary_ignore"])
+        k, image, mask = _scene(p["seed"], split, i, styles, p["height"], p["width"], p["boundary_ignore"],
+                                p["tail_scale"])
         img_rel, mask_rel = _record(split, styles[k].name, i)
         Image.fromarray(image).save(root / img_rel, format="PNG", compress_level=1)
         Image.fromarray(mask).save(root / mask_rel, format="PNG", compress_level=1)
@@ -595,7 +603,8 @@ def _generate_chunk(job: tuple[Path, str, int, int, dict[str, Any]]) -> tuple[li
 
 def _check_params(
     n_train: int, n_val: int, height: int, width: int, n_styles: int, seed: int,
-    labeled_counts: Sequence[int], boundary_ignore: bool,
+    labeled_counts: Sequence[int], boundary_ignore: bool, tail_scale: float = 1.0,
+    labeled_styles: int | None = None,
 ) -> dict[str, Any]:
     """Validate the generation parameters; returns them normalised (ints, sorted unique counts)."""
     def as_int(key: str, v: Any, lo: int) -> int:
@@ -616,6 +625,16 @@ def _check_params(
         "seed": as_int("seed", seed, 0),
         "boundary_ignore": bool(boundary_ignore),
     }
+    try:
+        ok_scale = not isinstance(tail_scale, bool) and 1.0 <= float(tail_scale) <= 4.0
+    except (TypeError, ValueError):
+        ok_scale = False
+    if not ok_scale:
+        raise ValueError(f"synthscapes: tail_scale={tail_scale!r}; expected a number in [1, 4]")
+    p["tail_scale"] = float(tail_scale)
+    p["labeled_styles"] = None if labeled_styles in (None, 0) else as_int("labeled_styles", labeled_styles, 1)
+    if p["labeled_styles"] is not None and p["labeled_styles"] > p["n_styles"]:
+        raise ValueError(f"synthscapes: labeled_styles={labeled_styles!r}; expected at most n_styles={p['n_styles']}")
     counts = sorted({as_int("labeled_counts[]", n, 1) for n in labeled_counts})
     too_big = [n for n in counts if n > p["n_train"]]
     if too_big:
@@ -624,10 +643,27 @@ def _check_params(
     return p
 
 
+def _labeled_order(p: dict[str, Any]) -> np.ndarray:
+    """Train indices in the order labeled sets take them (the first n form ``splits/<n>/labeled.txt``):
+    one seeded permutation of train, restricted to the images of styles ``0 .. labeled_styles - 1`` when
+    that is set (image i's style is the first draw of :func:`image_rng`, as in :func:`_scene`)."""
+    perm = np.random.default_rng(np.random.SeedSequence(p["seed"], spawn_key=(_PARTITION_KEY,))).permutation(p["n_train"])
+    if p["labeled_styles"]:
+        style = np.array([int(image_rng(p["seed"], "train", i).integers(p["n_styles"])) for i in range(p["n_train"])])
+        perm = perm[style[perm] < p["labeled_styles"]]
+        short = [n for n in p["labeled_counts"] if n > len(perm)]
+        if short:
+            raise ValueError(f"synthscapes: labeled_styles={p['labeled_styles']} leaves {len(perm)} train images "
+                             f"of the labeled styles, fewer than labeled_counts {short}; raise "
+                             "data.synthscapes.labeled_styles or n_train")
+    return perm
+
+
 def generate_synthscapes(
     root: Path, *, n_train: int = 1000, n_val: int = 200, height: int = 128, width: int = 128,
     n_styles: int = 16, seed: int = 0, labeled_counts: Sequence[int] = (8, 16, 32, 64),
-    boundary_ignore: bool = False, num_workers: int = 0,
+    boundary_ignore: bool = False, tail_scale: float = 1.0, labeled_styles: int | None = None,
+    num_workers: int = 0,
 ) -> Path:
     """Write a synthscapes dataset into the new or empty folder ``root``; returns ``root``.
 
@@ -642,9 +678,11 @@ def generate_synthscapes(
     > 0 = that many "spawn" worker processes, safe inside a multi-threaded trainer).
     """
     root = Path(root)
-    p = _check_params(n_train, n_val, height, width, n_styles, seed, labeled_counts, boundary_ignore)
+    p = _check_params(n_train, n_val, height, width, n_styles, seed, labeled_counts, boundary_ignore, tail_scale,
+                      labeled_styles)
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"generate_synthscapes: {root} exists and is not empty; use ensure_synthscapes to replace it")
+    perm = _labeled_order(p)  # checked before any image is rendered
     styles = make_styles(p["n_styles"], p["seed"])
     for split in ("train", "val"):
         for kind in ("leftImg8bit", "gtFine"):
@@ -674,7 +712,6 @@ def generate_synthscapes(
     splits.mkdir(exist_ok=True)
     _write_list(splits / "train.txt", records["train"])
     _write_list(splits / "val.txt", records["val"])
-    perm = np.random.default_rng(np.random.SeedSequence(p["seed"], spawn_key=(_PARTITION_KEY,))).permutation(p["n_train"])
     for n in p["labeled_counts"]:
         chosen = perm[:n]
         rest = np.setdiff1d(np.arange(p["n_train"]), chosen)  # sorted
@@ -755,7 +792,8 @@ def ensure_synthscapes(root: Path, **params: Any) -> Path:
     root = Path(root)
     num_workers = int(params.pop("num_workers", 0))
     defaults = {"n_train": 1000, "n_val": 200, "height": 128, "width": 128, "n_styles": 16, "seed": 0,
-                "labeled_counts": (8, 16, 32, 64), "boundary_ignore": False}
+                "labeled_counts": (8, 16, 32, 64), "boundary_ignore": False, "tail_scale": 1.0,
+                "labeled_styles": None}
     unknown = set(params) - set(defaults)
     if unknown:
         raise ValueError(f"ensure_synthscapes: unknown parameter(s) {sorted(unknown)}; expected {sorted(defaults)}")
