@@ -125,7 +125,7 @@ def test_reference_experiments_keep_the_official_bank_momentum_and_no_warmup(com
     assert resolve_start_steps(cfg.method.unsup_warmup_steps, cfg.method.unsup_rampup_steps, steps) == (0, 0)
 
 
-@pytest.mark.parametrize(("name", "start"), [("ael_synthscapes", (50, 100)), ("eln_synthscapes", (0, 200))])
+@pytest.mark.parametrize(("name", "start"), [("ael_synthscapes", (50, 100)), ("eln_synthscapes", (0, 100))])
 def test_short_synthscapes_schedules_get_a_supervised_start_and_a_short_bank(compose_cfg, name, start):
     from semiseg_lit.ops.confidence import resolve_bank_momentum
     from semiseg_lit.ops.rampup import resolve_start_steps

@@ -324,3 +324,19 @@ def test_reference_override_warnings_name_the_key(compose_cfg):
     assert msgs[1].startswith("trainer.accumulate_grad_batches=2 in the reference experiment ael_cityscapes_1_8")
     eln = reference_override_warnings(compose_cfg(["+experiment=eln_voc_blend_1_8", "data.labeled_batch_size=8"]))
     assert len(eln) == 1 and eln[0].startswith("data.labeled_batch_size=8 ") and "global batch of 6" in eln[0]
+
+
+def test_synthscapes_rows_differ_only_in_the_method(compose_cfg):
+    """The embedded benchmark's rows (benchmarks/accuracy.py) share data, split, augmentation, network,
+    optimiser, budget and evaluation; only the method node (and ELN's projection head) differs."""
+    from omegaconf import OmegaConf
+
+    cfgs = {n: OmegaConf.to_container(compose_cfg([f"+experiment={n}_synthscapes"]), resolve=False)
+            for n in ("supervised", "ael", "eln")}
+    base = cfgs["supervised"]
+    for name, cfg in cfgs.items():
+        for key in ("data", "eval", "trainer", "seed"):
+            assert cfg[key] == base[key], (name, key)
+        model = {k: v for k, v in cfg["model"].items() if k != "projection_dim"}
+        assert model == {k: v for k, v in base["model"].items() if k != "projection_dim"}, name
+        assert cfg["method"]["optim"] == base["method"]["optim"], name
