@@ -82,6 +82,13 @@ def test_grouped_update_is_one_bank_per_emulated_gpu_hand_example():
     per_gpu.class_names = ["a", "b"]
     per_gpu.on_train_batch_end(trainer, module, None, None, 0)
     assert torch.allclose(torch.stack([logged["bank/a"], logged["bank/b"]]), torch.tensor([0.175, 0.175]))
+    # next to it, the measured statistic: class a only in group 0 (0.7), b only in group 1 (0.7)
+    assert torch.allclose(torch.stack([logged["bank/a_measured"], logged["bank/b_measured"]]),
+                          torch.tensor([0.7, 0.7]))
+    # a class absent from the whole batch is NaN (a gap), not 0
+    absent = ConfidenceBank(3, momentum=0.5, init="zeros", sync=False, groups=2)
+    absent.update(torch.cat([probs, torch.zeros(2, 1, 1, 2)], 1), target)
+    assert torch.allclose(absent.measured[:2], torch.tensor([0.7, 0.7])) and torch.isnan(absent.measured[2])
 
 
 def test_bad_options_are_named():

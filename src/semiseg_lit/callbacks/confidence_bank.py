@@ -21,7 +21,10 @@ Emulated GPUs (``method.ael.virtual_ranks``, :mod:`semiseg_lit.ops.virtual_ranks
 ``g``'s labeled crops only (one reference GPU each); ``sync=True``: the sums and counts of all groups
 and ranks are added, so every row of every rank holds the global statistic. The bank (all rows, with
 their virtual ranks) is saved in every checkpoint and logged as one curve per class, the mean over
-the rows (``bank/<class>``).
+the rows (``bank/<class>``), next to the statistic it tracks: ``bank/<class>_measured`` is ``conf_c`` of
+the logged step's labeled batch (mean over the rows holding the class; NaN, a gap in the curve, when no
+labeled pixel of the class is in the batch). A bank that works converges onto its ``_measured`` curve
+within a few time constants.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class ConfidenceBank(Callback):
         self.bank = init_row.expand(self.groups, num_classes).clone()  # [G, C]
         self.first_virtual_rank = 0
         self._strategy = None
+        self.measured: torch.Tensor | None = None  # conf_c of the last update, [C], NaN where absent
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -100,12 +104,17 @@ class ConfidenceBank(Callback):
                 sums, counts = packed[0], packed[1]
             sums, counts = sums.expand(self.groups, -1), counts.expand(self.groups, -1)
         conf = sums / (counts + 1e-12)
-        self.bank = update_confidence_bank(self.bank, conf, counts > 0, self.momentum, self.absent)
+        present = counts > 0
+        self.bank = update_confidence_bank(self.bank, conf, present, self.momentum, self.absent)
+        n = present.sum(0)
+        self.measured = torch.where(n > 0, (conf * present).sum(0) / n.clamp_min(1), float("nan"))
         return self.bank
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self.log_every and trainer.global_step % self.log_every == 0:
             mean = self.bank.mean(0)  # over the emulated GPUs of this device
-            pl_module.log_dict({f"bank/{n}": v for n, v in zip(self.class_names, mean)}, on_step=True,
-                               on_epoch=False)
+            values = {f"bank/{n}": v for n, v in zip(self.class_names, mean)}
+            if self.measured is not None:
+                values.update({f"bank/{n}_measured": v for n, v in zip(self.class_names, self.measured)})
+            pl_module.log_dict(values, on_step=True, on_epoch=False)
