@@ -174,3 +174,14 @@ def test_device_batch_is_the_emulated_gpus_shards_side_by_side(synth_root):
         dm.setup()
         shards += next(iter(dm.train_dataloader()))[0]["labeled"]["index"].tolist()
     assert device == shards
+
+
+def test_labeled_styles_uses_the_generated_lists_and_refuses_a_seeded_draw(tmp_path):
+    synth = {**TINY_SYNTH, "n_train": 160, "labeled_styles": 2}
+    dm = SemiSegDataModule(data_cfg(tmp_path / "ls", n_labeled=8, synthscapes=synth), seed=0)
+    dm.setup("fit")
+    styles = {s.image.parent.name for s in dm.partition.labeled}
+    assert styles <= {"style00", "style01"} and len(dm.partition.labeled) == 8
+    bad = SemiSegDataModule(data_cfg(tmp_path / "ls", n_labeled=5, synthscapes=synth), seed=0)
+    with pytest.raises(ValueError, match=r"data.n_labeled=5 with data.synthscapes.labeled_styles=2"):
+        bad.setup("fit")

@@ -287,6 +287,15 @@ class SemiSegDataModule(pl.LightningDataModule):
             if (generated / "labeled.txt").exists():
                 labeled_list = str(generated / "labeled.txt")
                 unlabeled_list = str(generated / "unlabeled.txt")
+            elif cfg.synthscapes.get("labeled_styles"):
+                from semiseg_lit.errors import UserError
+
+                raise UserError(
+                    f"data.n_labeled={cfg.n_labeled} with data.synthscapes.labeled_styles="
+                    f"{cfg.synthscapes.labeled_styles}: only the generated lists keep the labeled images inside "
+                    f"the labeled styles, and they exist for n_labeled in "
+                    f"{list(synthscapes_labeled_counts(int(cfg.synthscapes.n_train)))}; use one of those, or "
+                    "data.synthscapes.labeled_styles=null")
         extra_unlabeled = cfg.get("unlabeled_dir") or cfg.get("unlabeled_split")
         pool_cache: list = []
 
