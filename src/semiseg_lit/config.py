@@ -167,6 +167,14 @@ class OptimConfig:
     scheduler: str = "poly"
     poly_power: float = 0.9
     warmup_steps: int = 0
+    # learning rate follows the total labeled batch (methods/lr_scaling.py; README "Learning rate and batch
+    # size"): lr x B / base_batch_size (linear, Goyal et al. 2017) or x sqrt(B / base_batch_size), B = per-device
+    # labeled batch x devices x nodes x accumulate_grad_batches. Off by default and in every reference experiment.
+    scale_lr_with_batch: bool = False
+    # the global labeled batch method.optim.lr was tuned for (method YAMLs: the reference experiment's official
+    # batch, reference.labeled_batch_size, else the method's preset batch); needed only when scaling
+    base_batch_size: int | None = None
+    lr_scale_rule: str = "linear"      # linear | sqrt
 
 
 @dataclass
