@@ -118,3 +118,15 @@ def test_training_logs_both_rates_and_trains_with_the_effective_one(compose_cfg,
     col = header.index("lr-SGD/head")
     first = next(float(row.split(",")[col]) for row in lines[1:] if row.split(",")[col])
     assert first == pytest.approx(0.4)
+
+
+def test_resume_refuses_a_changed_scaling_rule(compose_cfg, tmp_path):
+    from semiseg_lit.checkpointing import CheckpointError
+    from semiseg_lit.tasks.train import check_same_schedule
+
+    base = ["+experiment=supervised_synthscapes", *tiny_overrides(tmp_path, tmp_path)]
+    saved = OmegaConf.to_container(compose_cfg(base), resolve=True)
+    # the restored optimizer state would keep the checkpoint's rates: the switch cannot change on resume
+    with pytest.raises(CheckpointError, match=r"method.optim.scale_lr_with_batch=False in the checkpoint, True now"):
+        check_same_schedule(saved, "run/last.ckpt", compose_cfg([*base, "method.optim.scale_lr_with_batch=true"]))
+    check_same_schedule(saved, "run/last.ckpt", compose_cfg(base))  # unchanged: accepted

@@ -4,6 +4,7 @@ the rows differ only in the method, and ``task=report`` makes one row per method
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from semiseg_lit.tasks import run_task
+from semiseg_lit.tasks.report import find_runs
 from tests.conftest import tiny_overrides
 
 METHODS = ("supervised", "ael", "eln")
@@ -60,6 +62,40 @@ def test_other_methods_get_no_foreign_nodes(compose_cfg):
     for m, absent in (("supervised", ("ael", "eln")), ("ael", ("eln",))):
         cfg = compose_cfg(["+experiment=compare_synthscapes", f"method={m}"])
         assert all(cfg.method.get(node) is None for node in absent), m
+
+
+def fake_compare_run(job, method: str, seed: int, miou: float, tail: float, road: float) -> None:
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"name": "compare_synthscapes", "seed": seed, "parity": "reference",
+                                     "method": {"name": method}, "data": {"split_seed": 0}}),
+                   job / "config_resolved.yaml")
+    OmegaConf.save(OmegaConf.create(["+experiment=compare_synthscapes", f"method={method}", f"seed={seed}",
+                                     "data.root=/d", "trainer.max_steps=100"]), job / ".hydra" / "overrides.yaml")
+    (job / "metrics.json").write_text(json.dumps({
+        "miou": miou, "pixel_acc": 0.9, "step": 100, "head_miou": miou + 0.1, "tail_miou": tail,
+        "per_class_iou": {"road": road, "car": tail}, "best": {"miou": miou + 0.01, "step": 50}}))
+
+
+def test_report_rows_are_methods_with_mean_and_std(compose_cfg, tmp_path):
+    sweep = tmp_path / "sweep"
+    for job, (method, seed, miou, tail, road) in enumerate([("supervised", 0, 0.30, 0.10, 0.80),
+                                                             ("supervised", 1, 0.32, 0.12, 0.90),
+                                                             ("ael", 0, 0.40, 0.20, 0.85),
+                                                             ("ael", 1, 0.44, 0.30, 0.95)]):
+        fake_compare_run(sweep / str(job), method, seed, miou, tail, road)
+    runs = find_runs(sweep)
+    assert [(r.method, r.setting) for r in runs] == [("supervised", ""), ("supervised", ""), ("ael", ""), ("ael", "")]
+    assert runs[0].common == ("trainer.max_steps=100",)  # shared by every row; data.root is a path, never a setting
+    run_task(compose_cfg(["task=report", f"input={sweep}"]))
+    md = (sweep / "report.md").read_text()
+    # supervised: last 30, 32 -> 31.00 ± 1.41; best +1; head +10; tail 10, 12 -> 11.00 ± 1.41
+    assert "| supervised | – | 2 of 2 | 31.00 ± 1.41 | 32.00 ± 1.41 | 41.00 ± 1.41 | 11.00 ± 1.41 |" in md
+    # ael: 40, 44 -> 42.00 ± 2.83; tail 20, 30 -> 25.00 ± 7.07
+    assert "| ael | – | 2 of 2 | 42.00 ± 2.83 | 43.00 ± 2.83 | 52.00 ± 2.83 | 25.00 ± 7.07 |" in md
+    # per-class means: road (80 + 90) / 2, car = tail
+    assert "| supervised | – | 85.00 | 11.00 |" in md and "| ael | – | 90.00 | 25.00 |" in md
+    assert "with `trainer.max_steps=100`" in md
+    assert md.index("## compare_synthscapes: comparison") < md.index("## compare_synthscapes (method=supervised)")
 
 
 @pytest.mark.slow
