@@ -44,6 +44,9 @@ def test_only_the_method_differs_between_rows(compose_cfg):
     # no method brings its own batch, crop or schedule; the lr is each method's own and not rescaled
     assert [cfgs[m].method.optim.lr for m in METHODS] == [0.01, 0.01, 1e-4]
     assert not any(cfgs[m].method.optim.scale_lr_with_batch for m in METHODS)
+    # another network for the whole sweep: its model file arrives unchanged (the experiment sets no model key)
+    other = compose_cfg(["+experiment=compare_synthscapes", "method=ael", "model=deeplabv3plus_ael"]).model
+    assert (other.arch, other.encoder) == ("deeplabv3plus_ael", "resnet101s")
 
 
 def test_eln_budget_settings_follow_the_comparison_budget(compose_cfg):
