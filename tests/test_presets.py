@@ -32,6 +32,8 @@ AEL_OPTIM = {
     "method.optim.backbone_lr_mult": 1.0, "method.optim.head_lr_mult": 10.0,
     # poly, power 0.9, per iteration, no warm-up: cityscapes_2/config.yaml:49-52, lr_helper.py (ael.md §1)
     "method.optim.scheduler": "poly", "method.optim.poly_power": 0.9, "method.optim.warmup_steps": 0,
+    # the lr as written in the official config, never rescaled by the batch (opt-in switch off)
+    "method.optim.scale_lr_with_batch": False,
     # OHEM thresh 0.7, min_kept 100000: cityscapes_2/config.yaml:62-65, pascal_4/config.yaml:61-64
     "method.loss.name": "ohem", "method.loss.ohem_thresh": 0.7, "method.loss.ohem_min_kept": 100000,
     # aux loss weight 0.4: cityscapes_2/config.yaml:71-73, pascal_4/config.yaml:70-72
@@ -137,6 +139,8 @@ ELN_COMMON = {
     "method.optim.head_lr_mult": 1.0, "method.optim.weight_decay": 1e-5, "method.optim.betas": [0.9, 0.999],
     # constant lr (no scheduler in train.py)
     "method.optim.scheduler": "constant",
+    # the lr as written in train.py, never rescaled by the batch (opt-in switch off)
+    "method.optim.scale_lr_with_batch": False,
     # plain CE with ignore 255: utils/main_do.py:112, utils/losses.py:8
     "method.loss.name": "ce",
     # 266 iterations per epoch, 500 epochs: train.py:257, 473
@@ -242,6 +246,8 @@ def test_reference_experiment_matches_the_official_run(compose_cfg, name):
     assert mismatches(cfg, official_values(name)) == []
     ref = cfg.reference
     assert ref is not None and ref.labeled_batch_size == cfg.data.labeled_batch_size
+    # the lr was tuned for the official batch: turning scale_lr_with_batch on at that batch changes nothing
+    assert cfg.method.optim.base_batch_size == ref.labeled_batch_size
     if name.startswith("ael"):
         a, o = cfg.method.ael, cfg.method.optim
         # effective rate: lr x grad_scale = 0.01 / 8 (backbone), 0.1 / 8 (heads); wd at full strength (ael.md §7)
@@ -324,6 +330,8 @@ def test_reference_override_warnings_name_the_key(compose_cfg):
     assert msgs[1].startswith("trainer.accumulate_grad_batches=2 in the reference experiment ael_cityscapes_1_8")
     eln = reference_override_warnings(compose_cfg(["+experiment=eln_voc_blend_1_8", "data.labeled_batch_size=8"]))
     assert len(eln) == 1 and eln[0].startswith("data.labeled_batch_size=8 ") and "global batch of 6" in eln[0]
+    scaled = reference_override_warnings(compose_cfg(["+experiment=ael_voc_92", "method.optim.scale_lr_with_batch=true"]))
+    assert len(scaled) == 1 and scaled[0].startswith("method.optim.scale_lr_with_batch=true in the reference experiment")
 
 
 def test_synthscapes_rows_differ_only_in_the_method(compose_cfg):

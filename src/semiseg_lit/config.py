@@ -172,6 +172,14 @@ class OptimConfig:
     scheduler: str = "poly"
     poly_power: float = 0.9
     warmup_steps: int = 0
+    # learning rate follows the total labeled batch (methods/lr_scaling.py; README "Learning rate and batch
+    # size"): lr x B / base_batch_size (linear, Goyal et al. 2017) or x sqrt(B / base_batch_size), B = per-device
+    # labeled batch x devices x nodes x accumulate_grad_batches. Off by default and in every reference experiment.
+    scale_lr_with_batch: bool = False
+    # the global labeled batch method.optim.lr was tuned for (method YAMLs: the reference experiment's official
+    # batch, reference.labeled_batch_size, else the method's preset batch); needed only when scaling
+    base_batch_size: int | None = None
+    lr_scale_rule: str = "linear"      # linear | sqrt
 
 
 @dataclass
@@ -520,6 +528,18 @@ def parity_value(reference: Any, clean: Any, *, _root_: Any) -> Any:
     return reference if mode == "reference" else clean
 
 
+def steps_fraction(steps: Any, fraction: Any) -> int:
+    """``${steps_fraction:${trainer.max_steps},0.25}``: ``floor(steps x fraction)`` as an int, for step counts
+    that follow the budget (the ELN stage boundaries of a method comparison, conf/compare_method/)."""
+    try:
+        n, f = int(steps), float(fraction)
+    except (TypeError, ValueError):
+        raise ValueError(f"steps_fraction:{steps},{fraction}: expected a step count and a fraction in [0, 1]") from None
+    if n < 0 or not 0.0 <= f <= 1.0:
+        raise ValueError(f"steps_fraction:{steps},{fraction}: expected a step count >= 0 and a fraction in [0, 1]")
+    return int(n * f)
+
+
 def check_schema(cfg: Any) -> None:
     """Re-check a composed config against :class:`RootConfig`.
 
@@ -538,6 +558,8 @@ def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore (called once before ``hydra.main``)."""
     if not OmegaConf.has_resolver("parity"):
         OmegaConf.register_new_resolver("parity", parity_value)
+    if not OmegaConf.has_resolver("steps_fraction"):
+        OmegaConf.register_new_resolver("steps_fraction", steps_fraction)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=RootConfig)
     cs.store(group="paths", name="base_paths", node=PathsConfig)

@@ -13,13 +13,14 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from semiseg_lit.data.labels import ClassInfo
 from semiseg_lit.data.transforms import crop_hw
 from semiseg_lit.methods.finite_guard import FiniteGuard
+from semiseg_lit.methods.lr_scaling import BatchLR, check_lr_scaling, resolve_batch_lr
 from semiseg_lit.models.deeplab import SegmentationNet, build_segmentation_net
 from semiseg_lit.ops.losses import class_argmax, ohem_cross_entropy
 from semiseg_lit.ops.metrics import segmentation_scores
@@ -85,6 +86,8 @@ class SegMethod(pl.LightningModule):
             m.get("unsup_warmup_steps", 0), m.get("unsup_rampup_steps", 0), max_steps)
         self.unsup_rampup_shape = str(m.get("unsup_rampup_shape", "sigmoid"))
         unsup_weight(0, 0, 0, self.unsup_rampup_shape)  # validates the shape
+        check_lr_scaling(cfg.method.optim)  # method.optim.scale_lr_with_batch / base_batch_size / lr_scale_rule
+        self.batch_lr: BatchLR | None = None
 
     # ------------------------------------------------------------------ building
     def build_network(self) -> SegmentationNet:
@@ -99,14 +102,37 @@ class SegMethod(pl.LightningModule):
             {"params": groups["head"], "lr": o.lr * o.head_lr_mult, "name": "head"},
         ]
 
+    def resolve_batch_lr(self) -> BatchLR:
+        """Configured and effective learning rate (``method.optim.scale_lr_with_batch``; methods/lr_scaling.py):
+        the total labeled batch from ``data.labeled_batch_size`` and the trainer's devices x nodes and
+        ``accumulate_grad_batches`` (the config's values before a trainer is attached)."""
+        trainer, t = self._trainer, self.cfg.trainer
+        world = int(trainer.world_size) if trainer is not None else 1
+        accumulate = int(trainer.accumulate_grad_batches) if trainer is not None else int(t.accumulate_grad_batches)
+        return resolve_batch_lr(self.cfg.method.optim, int(self.cfg.data.labeled_batch_size), world, accumulate,
+                                type(self).virtual_ranks(self.cfg), bool(t.sync_batchnorm))
+
+    def report_batch_lr(self, batch_lr: BatchLR) -> None:
+        """The console line (when scaling is on) and the loggers' hyperparameters (always): both rates."""
+        if batch_lr.enabled:
+            rank_zero_info(batch_lr.describe())
+        if self._trainer is not None:
+            for logger in self.loggers:
+                logger.log_hyperparams(batch_lr.hparams())
+
     def configure_optimizers(self):
         o = self.cfg.method.optim
-        groups = [g for g in self.param_groups() if g["params"]]
+        # one factor for every group (backbone / head multipliers kept); 1 unless scale_lr_with_batch=true
+        self.batch_lr = self.resolve_batch_lr()
+        scale = self.batch_lr.factor
+        groups = [{**g, "lr": g["lr"] * scale} for g in self.param_groups() if g["params"]]
+        self.report_batch_lr(self.batch_lr)
+        lr = self.batch_lr.effective
         if o.name == "sgd":
-            opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+            opt = torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
                                   nesterov=o.nesterov)
         elif o.name == "adamw":
-            opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+            opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         else:
             raise ValueError(f"method.optim.name={o.name!r}: expected 'sgd' or 'adamw'")
         if o.scheduler == "constant":

@@ -83,6 +83,10 @@ def reference_override_warnings(cfg: DictConfig) -> list[str]:
         msgs.append(f"trainer.accumulate_grad_batches={acc} in the reference experiment {name}: the official "
                     f"run ({ref.source}) steps once per batch; accumulation changes the per-step statistics "
                     f"(BN, banks, OHEM). Use trainer.accumulate_grad_batches=1.")
+    if bool(cfg.method.optim.get("scale_lr_with_batch", False)):
+        msgs.append(f"method.optim.scale_lr_with_batch=true in the reference experiment {name}: the official run "
+                    f"({ref.source}) uses method.optim.lr={cfg.method.optim.lr} as written; a rescaled rate is not "
+                    f"the reference. Use method.optim.scale_lr_with_batch=false.")
     return msgs
 
 

@@ -75,7 +75,10 @@ def check_resumable(checkpoint: dict, path: str | Path, cfg: DictConfig) -> None
 # would silently differ otherwise (README "Reliability")
 RESUME_KEYS = ("seed", "trainer.max_steps", "data.labeled_batch_size", "data.unlabeled_batch_size",
                "trainer.accumulate_grad_batches", "data.dataset", "data.n_labeled", "data.split_seed",
-               "data.labeled_split", "data.train_split", "data.labeled_list", "data.unlabeled_list")
+               "data.labeled_split", "data.train_split", "data.labeled_list", "data.unlabeled_list",
+               # the optimizer state restored from the checkpoint keeps its learning rates: a changed rule
+               # would be ignored silently (methods/lr_scaling.py)
+               "method.optim.scale_lr_with_batch", "method.optim.base_batch_size", "method.optim.lr_scale_rule")
 
 
 def check_same_schedule(saved: dict, path: str | Path, cfg: DictConfig) -> None:
