@@ -143,6 +143,20 @@ def test_param_groups_split_encoder_and_heads():
     assert {id(p) for p in g["head"]} >= {id(p) for p in net.aux_head.parameters()}
 
 
+@pytest.mark.parametrize("norm", [True, False])
+def test_every_trainable_parameter_gets_a_gradient(norm):
+    # 6 blocks tapped at 0..3: blocks 4, 5 (and the final norm without normalised taps) are never reached
+    net = tiny_net(encoder_kwargs=dict(TINY_VIT, depth=6), encoder_output_indices=[0, 1, 2, 3], norm_features=norm)
+    vit = net.encoder.model
+    assert not any(p.requires_grad for p in vit.blocks[4:].parameters())
+    assert all(p.requires_grad for p in vit.norm.parameters()) == norm
+    out = net.forward_all(torch.randn(2, 3, 28, 42), aux=True, proj=True)
+    (out.logits.mean() + out.aux.mean() + out.proj.mean()).backward()
+    assert [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert {id(p) for g in net.param_groups().values() for p in g} == {
+        id(p) for p in net.parameters() if p.requires_grad}
+
+
 def test_freeze_encoder_keeps_it_fixed_in_eval_mode():
     net = tiny_net(freeze_encoder=True, encoder_kwargs=dict(TINY_VIT, drop_path_rate=0.5)).train()
     assert net.param_groups()["backbone"] == []

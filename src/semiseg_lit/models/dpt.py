@@ -40,6 +40,10 @@ stage to the size of the next (``size=``, as UniMatch V2's ``FeatureFusionBlock`
   edge cells replicated, :func:`quarter_grid_resample`);
 * ``features``: the tapped encoder maps as the decoder saw them (after ``feature_transform``).
 
+ViT parameters the taps never reach (blocks after the last tap, the final norm with
+``dpt_norm_features=false``) are frozen, so every trainable parameter gets a gradient (DDP without
+``find_unused_parameters``).
+
 ``forward_all(..., feature_transform=f)``: ``f(list_of_4_maps) -> list_of_4_maps`` is applied to the
 encoder features ``[B, D, p, q]`` before the decoder (UniMatch V2's complementary channel dropout); the
 class tokens used by ``dpt_readout=cat|add`` are not transformed.
@@ -208,6 +212,12 @@ class ViTEncoder(nn.Module):
                              f"indices in [0, {n_blocks}) (or null for uniform taps)")
         self.output_indices = output_indices
         self.norm_features = bool(norm_features)
+        # what the taps never reach gets no gradient: frozen, so DDP without find_unused_parameters works
+        unused = [*self.model.blocks[max(output_indices) + 1:].parameters()]
+        if not self.norm_features:
+            unused += [*self.model.norm.parameters()]
+        for p in unused:
+            p.requires_grad_(False)
         patch = self.model.patch_embed.patch_size
         if patch[0] != patch[1]:
             raise ValueError(f"model.encoder={name!r}: non-square patches {tuple(patch)} are not supported")
