@@ -284,3 +284,19 @@ def test_training_crop_must_be_whole_patches(compose_cfg):
     check_training_crop(cfg.model, (518, 798))
     with pytest.raises(UserError, match=r"data.crop_size=\[512, 518\].*\[504, 518\]"):
         check_training_crop(cfg.model, (512, 518))
+
+
+@pytest.mark.slow
+def test_channels_last_and_compiled_dpt_match_eager():
+    from semiseg_lit.models.compile import compile_networks, compile_problem, to_channels_last
+
+    if compile_problem(torch.device("cpu"), "aot_eager") is not None:
+        pytest.skip("torch.compile unavailable here")
+    net = tiny_net().eval()
+    x = torch.randn(2, 3, 56, 70)
+    with torch.no_grad():
+        ref = net(x)
+        to_channels_last(net)
+        torch.testing.assert_close(net(x), ref, atol=1e-5, rtol=1e-4)
+        assert compile_networks(net, backend="aot_eager") == 2   # the ViT encoder and the DPT decoder
+        torch.testing.assert_close(net(x), ref, atol=1e-5, rtol=1e-4)
