@@ -300,3 +300,12 @@ def test_channels_last_and_compiled_dpt_match_eager():
         torch.testing.assert_close(net(x), ref, atol=1e-5, rtol=1e-4)
         assert compile_networks(net, backend="aot_eager") == 2   # the ViT encoder and the DPT decoder
         torch.testing.assert_close(net(x), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_vit_keys_are_refused_for_other_networks_and_kwargs_must_be_a_mapping(compose_cfg):
+    cfg = compose_cfg(["model=deeplabv3plus", "model.freeze_encoder=true", "model.encoder_output_indices=[0,1,2,3]"])
+    with pytest.raises(ValueError, match="model.freeze_encoder, model.encoder_output_indices: only model.arch=dpt"):
+        build_segmentation_net(cfg.model, 3)
+    build_segmentation_net(compose_cfg(["model=deeplabv3plus"]).model, 3)   # the defaults pass
+    with pytest.raises(ValueError, match="model.encoder_kwargs=5: expected a mapping"):
+        build_segmentation_net(compose_cfg(["model=dpt_dinov2_s", "model.encoder_kwargs=5"]).model, 3)

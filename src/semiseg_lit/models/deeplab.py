@@ -192,6 +192,9 @@ def build_segmentation_net(model_cfg, num_classes: int) -> nn.Module:
         from semiseg_lit.models.dpt import build_dpt_net
 
         return build_dpt_net(model_cfg, num_classes)
+    from semiseg_lit.models.dpt import check_dpt_only_keys
+
+    check_dpt_only_keys(model_cfg)
     if model_cfg.arch != "deeplabv3plus":
         from semiseg_lit.models.reference_nets import build_reference_net
 

@@ -418,10 +418,12 @@ def build_dpt_net(model_cfg: Any, num_classes: int) -> DPTSegNet:
         raise ValueError(f"model.output_stride={m.output_stride}: model.arch=dpt has no output stride (the ViT "
                          "works at 1/patch); leave it at 16")
     kwargs = m.get("encoder_kwargs") or {}
-    if hasattr(kwargs, "items"):
-        from omegaconf import OmegaConf
+    if not hasattr(kwargs, "items"):
+        raise ValueError(f"model.encoder_kwargs={kwargs!r}: expected a mapping of timm.create_model arguments, "
+                         "e.g. model.encoder_kwargs='{embed_dim: 48, depth: 4, num_heads: 2}', or null")
+    from omegaconf import OmegaConf
 
-        kwargs = OmegaConf.to_container(kwargs, resolve=True) if OmegaConf.is_config(kwargs) else dict(kwargs)
+    kwargs = OmegaConf.to_container(kwargs, resolve=True) if OmegaConf.is_config(kwargs) else dict(kwargs)
     indices = m.get("encoder_output_indices")
     return DPTSegNet(
         num_classes, encoder=str(m.encoder), encoder_weights=m.encoder_weights, encoder_kwargs=kwargs,
@@ -431,6 +433,17 @@ def build_dpt_net(model_cfg: Any, num_classes: int) -> DPTSegNet:
         decoder_channels=int(m.decoder_channels), aux_head=bool(m.aux_head), aux_channels=int(m.aux_channels),
         projection_dim=int(m.projection_dim) if m.projection_dim else None,
         freeze_encoder=bool(m.get("freeze_encoder", False)))
+
+
+def check_dpt_only_keys(model_cfg: Any) -> None:
+    """The ViT options (``freeze_encoder``, ``encoder_kwargs``, ``encoder_output_indices``) belong to
+    ``model.arch=dpt``; set for another network they would be ignored, so they are refused."""
+    m = model_cfg
+    set_keys = [k for k, unset in (("freeze_encoder", False), ("encoder_kwargs", None),
+                                   ("encoder_output_indices", None)) if m.get(k, unset) not in (unset, {})]
+    if set_keys:
+        raise ValueError(f"model.{', model.'.join(set_keys)}: only model.arch=dpt (model=dpt_dinov2_s / _b) has "
+                         f"them; model.arch={m.arch} would ignore them. Remove them or use a DPT model config.")
 
 
 def check_training_crop(model_cfg: Any, crop: Sequence[int], key: str = "data.crop_size") -> None:
