@@ -4,11 +4,17 @@ Each row trains the same network, data, split, augmentation, schedule and evalua
 ``*_synthscapes`` experiments) for every seed, through the real CLI, and reads the run's
 ``metrics.json``; only the method differs.
 
-    python benchmarks/accuracy.py [--seeds 0 1 2] [--rows ...] [--jobs 2] [--steps N] [--out results.json] [-- overrides]
+    python benchmarks/accuracy.py [--seeds 0 1 2] [--rows ...] [--jobs 2] [--steps N] [--model experiment|tiny-vit-dpt]
+        [--out results.json] [-- overrides]
 
 ``--jobs 2`` (the default) trains two runs at a time with one intra-op thread each (the 2-core
 machine's cores split between them): on small CPU tensors this gives more runs per hour than one run on
 two threads. Per-run wall times are then those of a half machine.
+
+``--model tiny-vit-dpt`` trains every row on a tiny random-init ViT (patch 14, 96-d, 4 blocks) + DPT
+(``model=dpt_dinov2_s`` with ``model.encoder_kwargs``) at an 84 crop instead of the experiments'
+ResNet-18 DeepLabV3+: the DINOv2 + DPT path of each method on CPU (README "DINOv2 + DPT"); a random ViT
+is no DINOv2, so its numbers say nothing about the pretrained network.
 
 "mean-teacher CutMix" is AEL with every AEL component off (no copy-paste, random-box CutMix,
 no equalization sampling, no re-weighting): the CutMix-Seg-like basic framework of AEL's Table 3.
@@ -35,6 +41,14 @@ ROWS = {
     "ELN": ["+experiment=eln_synthscapes"],
 }
 DEFAULT_ROWS = list(ROWS)
+# the network of every row: the experiments' (ResNet-18 DeepLabV3+) or a tiny random ViT + DPT
+MODELS = {
+    "experiment": [],
+    "tiny-vit-dpt": ["model=dpt_dinov2_s", "model.encoder=tu-vit_small_patch14_dinov2", "model.encoder_weights=null",
+                     "model.encoder_kwargs={embed_dim: 96, depth: 4, num_heads: 3}",
+                     "model.dpt_intermediate_channels=[24,48,96,96]", "model.decoder_channels=32",
+                     "model.aux_channels=32", "data.crop_size=84"],
+}
 
 
 def run(name: str, overrides: list[str], seed: int, steps: int | None, out_root: Path, extra: list[str],
@@ -80,6 +94,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="override trainer.max_steps for every row")
     ap.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=list(ROWS))
+    ap.add_argument("--model", default="experiment", choices=list(MODELS),
+                    help="the experiments' network, or a tiny random ViT + DPT (the DPT path on CPU)")
     ap.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (cores split evenly)")
     ap.add_argument("--out-dir", type=Path, default=Path("logs/benchmarks/accuracy"))
     ap.add_argument("--out", type=Path, default=None, help="write all results as JSON")
@@ -92,14 +108,15 @@ def main() -> None:
 
     def one(job: tuple[str, int]) -> tuple[str, dict]:
         name, seed = job
-        return name, run(name, ROWS[name], seed, args.steps, args.out_dir, args.extra, threads)
+        out_dir = args.out_dir if args.model == "experiment" else args.out_dir / args.model
+        return name, run(name, ROWS[name] + MODELS[args.model], seed, args.steps, out_dir, args.extra, threads)
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for name, m in pool.map(one, jobs):
             results[name].append(m)
             print(f"{name:22s} seed {m['seed']}: mIoU {100 * m['miou']:.2f}  head {100 * m['head_miou']:.2f}  "
                   f"tail {100 * m['tail_miou']:.2f}  ({m['seconds']:.0f} s)", flush=True)
-    print(f"\n{len(jobs)} runs in {time.time() - t0:.0f} s ({args.jobs} at a time, {threads} thread(s) each)\n")
+    print(f"\nnetwork: {args.model}; {len(jobs)} runs in {time.time() - t0:.0f} s ({args.jobs} at a time, {threads} thread(s) each)\n")
     print(tables(results))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

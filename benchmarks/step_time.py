@@ -1,12 +1,17 @@
 """Step-cost benchmark: median training-step time of each method against the network floor.
 
     python benchmarks/step_time.py [--device cpu|cuda] [--methods supervised ael eln] [--steps 20]
-        [--warmup 5] [--threads 2] [--model NAME] [--encoder resnet18] [--crop 128 | --crop H W]
+        [--warmup 5] [--threads 2] [--model NAME | --models NAME ...] [--encoder resnet18]
+        [--crop 128 | --crop H W]
         [--labeled 4] [--unlabeled 4] [--precision 32-true|bf16-mixed|16-mixed] [--channels-last] [--compile]
         [--sequential] [--profile] [--out records.json] [-- extra Hydra overrides]
 
 ``--model`` composes ``model=NAME`` from ``conf/model/`` (any config there), so the architecture is the
-config's, not the script's; ``--encoder ''`` keeps that config's encoder.
+config's, not the script's; ``--encoder ''`` keeps that config's encoder. ``--models A B`` measures every
+method on each model in turn (one row per method and model). DINOv2 + DPT rows (README "DINOv2 + DPT"):
+``--models dpt_dinov2_s dpt_dinov2_b`` keeps the configs' ViTs (``--encoder`` defaults to resnet18 for
+the DeepLab configs only) at a 518 crop (UniMatch V2's VOC crop; ``--crop`` must be a multiple of 14),
+random-init encoder weights, the experiments' optimizers.
 
 For each method the real config is composed (``+experiment=<method>_synthscapes`` plus the size
 overrides above; ELN is put in stage 3, its most expensive stage, from step 0) and the method is
@@ -65,6 +70,20 @@ def model_names() -> list[str]:
     return sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
 
 
+def config_encoder(model: str) -> str:
+    """``encoder`` of ``conf/model/<model>.yaml``."""
+    from omegaconf import OmegaConf
+
+    from semiseg_lit.__main__ import CONFIG_DIR
+
+    return str(OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{model}.yaml").encoder)
+
+
+def is_dpt(model: str | None) -> bool:
+    """A ViT + DPT model config (``model.arch=dpt``: ``conf/model/*dpt*.yaml``)."""
+    return model is not None and "dpt" in model
+
+
 def crop_value(crop: list[int]) -> str:
     """``--crop N`` -> ``N``; ``--crop H W`` -> ``[H,W]`` (Hydra list syntax)."""
     return str(crop[0]) if len(crop) == 1 else f"[{crop[0]},{crop[1]}]"
@@ -73,8 +92,11 @@ def crop_value(crop: list[int]) -> str:
 def size_overrides(args: argparse.Namespace) -> list[str]:
     """Hydra overrides that set the benchmark shapes on any ``*_synthscapes`` experiment."""
     out = [f"model={args.model}"] if args.model else []
-    if args.encoder:
-        out.append(f"model.encoder={args.encoder}")
+    encoder = args.encoder if args.encoder is not None else ("" if is_dpt(args.model) else "resnet18")
+    if not encoder and is_dpt(args.model):  # the experiments set resnet18: restore the config's ViT
+        encoder = config_encoder(args.model)
+    if encoder:
+        out.append(f"model.encoder={encoder}")
     return out + [
         "model.encoder_weights=null", f"data.crop_size={crop_value(args.crop)}",
         f"data.labeled_batch_size={args.labeled}", f"data.unlabeled_batch_size={args.unlabeled}",
@@ -379,6 +401,8 @@ def run_one(method: str, args: argparse.Namespace) -> dict[str, Any]:
 
     global _clock
     _clock = CLOCKS[args.clock]
+    if args.crop is None:  # the default crop of the model: 518 for a ViT + DPT (UniMatch V2's VOC crop)
+        args.crop = [518] if is_dpt(args.model) else [128]
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch"):
@@ -434,6 +458,20 @@ def loads_per_step(cfg, streams: tuple[str, ...]) -> int:
     return sum(b_l if s in ("labeled", "partner") else b_u for s in streams)
 
 
+def drop_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and the values after it (up to the next ``-...`` argument)."""
+    out, skipping = [], False
+    for a in argv:
+        if a == option:
+            skipping = True
+            continue
+        if skipping and not a.startswith("-"):
+            continue
+        skipping = False
+        out.append(a)
+    return out
+
+
 def child_command(method: str, argv: list[str]) -> list[str]:
     """The command line that measures ``method`` alone in a child process."""
     return [sys.executable, str(Path(__file__).resolve()), "--child", method, *argv]
@@ -448,8 +486,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--model", default=None,
                     help="a model config under conf/model/ (e.g. deeplabv3plus); default: the experiment's")
-    ap.add_argument("--encoder", default="resnet18", help="model.encoder ('' keeps the model config's)")
-    ap.add_argument("--crop", type=int, nargs="+", default=[128], help="N (square) or H W")
+    ap.add_argument("--models", nargs="+", default=None,
+                    help="several model configs: every method on each (e.g. dpt_dinov2_s dpt_dinov2_b)")
+    ap.add_argument("--encoder", default=None,
+                    help="model.encoder (default: resnet18; a dpt config keeps its ViT; '' keeps the config's)")
+    ap.add_argument("--crop", type=int, nargs="+", default=None,
+                    help="N (square) or H W (default: 128; 518 for dpt configs)")
     ap.add_argument("--channels-last", action="store_true", help="trainer.channels_last=true")
     ap.add_argument("--compile", action="store_true", help="trainer.compile=true (torch.compile)")
     ap.add_argument("--out", type=Path, default=None, help="also write the records to this JSON file")
@@ -473,10 +515,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error("--clock cpu measures host CPU time: use it with --device cpu only")
     if args.steps < 1 or args.warmup < 1:
         ap.error("--steps and --warmup must be >= 1")
-    if len(args.crop) not in (1, 2):
+    if args.crop is not None and len(args.crop) not in (1, 2):
         ap.error("--crop takes N or H W")
-    if args.model is not None and args.model not in model_names():
-        ap.error(f"--model {args.model}: no conf/model/{args.model}.yaml; available: {', '.join(model_names())}")
+    if args.models is not None and args.model is not None:
+        ap.error("--model and --models: give one of them")
+    for model in args.models or [args.model]:
+        if model is not None and model not in model_names():
+            ap.error(f"--model {model}: no conf/model/{model}.yaml; available: {', '.join(model_names())}")
+        if is_dpt(model) and args.crop is not None and any(c % 14 for c in args.crop):
+            ap.error(f"--crop {' '.join(map(str, args.crop))}: {model} (patch 14) trains on multiples of 14, "
+                     "e.g. 518 (UniMatch V2's VOC crop), 798 (Cityscapes), 56 (a CPU sanity run)")
     return args
 
 
@@ -488,13 +536,16 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_one(args.child, args)), flush=True)
         return
     records = []
-    for method in args.methods:
-        if args.in_process:
-            records.append(run_one(method, args))
-            continue
-        passthrough = [a for a in argv if a != "--in-process"]
-        proc = subprocess.run(child_command(method, passthrough), stdout=subprocess.PIPE, text=True, check=True)
-        records.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    for model in args.models or [args.model]:
+        for method in args.methods:
+            if args.in_process:
+                records.append(run_one(method, argparse.Namespace(**{**vars(args), "model": model})))
+                continue
+            passthrough = [a for a in argv if a != "--in-process"]
+            if args.models:  # the child measures one model (its --model, --models is ignored there)
+                passthrough = ["--model", model, *drop_option(passthrough, "--models")]
+            proc = subprocess.run(child_command(method, passthrough), stdout=subprocess.PIPE, text=True, check=True)
+            records.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     for rec in records:
         print(json.dumps(rec), flush=True)
     if args.out is not None:

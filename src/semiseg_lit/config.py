@@ -156,6 +156,17 @@ class ModelConfig:
     aux_head: bool = False
     aux_channels: int = 256
     projection_dim: int | None = None
+    # model.arch=dpt only (timm ViT + DPT, models/dpt.py, README "DINOv2 + DPT"): keyword arguments of
+    # timm.create_model (e.g. a tiny ViT {embed_dim: 48, depth: 4, num_heads: 2}); the 4 tapped ViT blocks
+    # (null = uniform, [2, 5, 8, 11] for 12 blocks); encoder frozen (requires_grad off, eval mode);
+    # readout of the class token (ignore = UniMatch V2 | cat | add); reassemble widths; taps normalised
+    # by the ViT's final norm (UniMatch V2 / DINOv2 get_intermediate_layers)
+    encoder_kwargs: Any = None  # a mapping or null (typed Any: a dict-typed node would refuse new keys)
+    encoder_output_indices: list[int] | None = None
+    freeze_encoder: bool = False
+    dpt_readout: str = "ignore"
+    dpt_intermediate_channels: list[int] = field(default_factory=lambda: [48, 96, 192, 384])
+    dpt_norm_features: bool = True
 
 
 @dataclass

@@ -186,7 +186,15 @@ class SegmentationNet(nn.Module):
 def build_segmentation_net(model_cfg, num_classes: int) -> nn.Module:
     """Build from the ``model`` config node (``config.ModelConfig``): ``model.arch=deeplabv3plus`` is
     smp's DeepLabV3+ (:class:`SegmentationNet`); ``deeplabv3plus_ael`` / ``deeplabv3plus_eln`` are the
-    official networks of the papers (:mod:`semiseg_lit.models.reference_nets`)."""
+    official networks of the papers (:mod:`semiseg_lit.models.reference_nets`); ``dpt`` is a timm ViT
+    (DINOv2) + DPT (:mod:`semiseg_lit.models.dpt`)."""
+    if model_cfg.arch == "dpt":
+        from semiseg_lit.models.dpt import build_dpt_net
+
+        return build_dpt_net(model_cfg, num_classes)
+    from semiseg_lit.models.dpt import check_dpt_only_keys
+
+    check_dpt_only_keys(model_cfg)
     if model_cfg.arch != "deeplabv3plus":
         from semiseg_lit.models.reference_nets import build_reference_net
 

@@ -604,7 +604,7 @@ def build_reference_net(model_cfg, num_classes: int) -> ReferenceSegNet:
         return ELNSegNet(num_classes, encoder=str(m.encoder), encoder_weights=m.encoder_weights,
                          atrous_rates=tuple(m.atrous_rates), aspp_dropout=float(m.aspp_dropout),
                          projection_dim=int(m.projection_dim) if m.projection_dim else None)
-    raise ValueError(f"model.arch={arch!r}: expected deeplabv3plus | deeplabv3plus_ael | deeplabv3plus_eln")
+    raise ValueError(f"model.arch={arch!r}: expected deeplabv3plus | deeplabv3plus_ael | deeplabv3plus_eln | dpt")
 
 
 def iter_3x3_convs(module: nn.Module) -> Iterator[tuple[str, nn.Conv2d]]:

@@ -119,6 +119,10 @@ def check_run_options(cfg: DictConfig, stage: str) -> None:
         raise UserError(f"data.num_workers={d.num_workers}: expected 0 (load in the main process) or more")
     if stage != "fit":
         return
+    if str(cfg.model.get("arch")) == "dpt":  # ViT crops: whole patch grids
+        from semiseg_lit.models.dpt import check_training_crop
+
+        check_training_crop(cfg.model, crop_hw(d.crop_size, "data.crop_size"))
     if int(t.max_steps) <= 0:
         raise UserError(f"trainer.max_steps={t.max_steps}: expected a positive number of training steps "
                         "(0 would save an untrained model, -1 would train forever), e.g. trainer.max_steps=1000")
