@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from semiseg_lit.errors import UserError
+from semiseg_lit.errors import UserError
 from semiseg_lit.tasks import run_task
 from tests.conftest import tiny_overrides
 
@@ -66,6 +67,12 @@ def test_dpt_checkpoint_round_trip_through_task_eval(compose_cfg, synth_root, tm
     trained = json.loads((train_out / "metrics.json").read_text())
     assert result["miou"] == pytest.approx(miou)
     assert result["miou"] == pytest.approx(trained["miou"], abs=1e-6)
+    # export is refused with one message naming the reason and the alternative, before writing anything
+    out = tmp_path / "export"
+    with pytest.raises(UserError, match=r"DINOv2 \+ DPT network .* task=predict"):
+        run_task(compose_cfg(["task=export", f"ckpt_path={ckpt}", f"output={out}",
+                              *tiny_overrides(synth_root, tmp_path / "exp")]))
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_training_crop_that_is_not_whole_patches_is_refused_before_work(compose_cfg, synth_root, tmp_path):

@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from semiseg_lit.console import quiet_third_party
-from semiseg_lit.errors import checking_input
+from semiseg_lit.errors import UserError, checking_input
 from semiseg_lit.models.deeplab import SegmentationNet
 from semiseg_lit.models.reference_nets import ReferenceSegNet
 from semiseg_lit.tasks.predict import InferenceModel, load_inference_model
@@ -237,6 +237,11 @@ def export(cfg: DictConfig) -> None:
     with checking_input():
         check_options(cfg)
         model = load_inference_model(cfg, e.num_classes, device=torch.device("cpu"), key="export.num_classes")
+        if str(model.cfg.model.arch) == "dpt":
+            raise UserError(
+                f"task=export: {model.checkpoint} holds a DINOv2 + DPT network (model.arch=dpt), which cannot be "
+                "exported yet: ONNX has no antialiased bicubic resize (timm's position-embedding interpolation) "
+                "and TorchScript cannot script timm's ViT. Use task=predict with the checkpoint instead.")
     net = ExportableNet(model.net).eval()
     height, width = int(e.height or model.crop[0]), int(e.width or model.crop[1])
     example = torch.randn(int(e.batch_size), 3, height, width, generator=torch.Generator().manual_seed(0))
