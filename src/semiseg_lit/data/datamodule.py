@@ -3,7 +3,8 @@
 A training batch is a dict with one entry per stream the method asks for::
 
     {"labeled":   {"image": [B_l,3,H,W], "mask": [B_l,H,W], "index": [B_l]},
-     "unlabeled": {"image": weak [B_u,3,H,W], "image_strong": [B_u,3,H,W], "index": [B_u], ("mask")},
+     "unlabeled": {"image": weak [B_u,3,H,W], "image_strong": [B_u,3,H,W], "index": [B_u], ("mask"),
+                   ("image_strong2", "valid": UniMatch V2, see UnlabeledTransform)},
      "partner":   {"image", "mask", "index"},        # AEL copy-paste partners (large scale jitter)
      "bank":      {"image", "index", "bank_class"}}  # AEL CutMix-bank draws (weak view)
 
@@ -185,7 +186,8 @@ class SemiSegDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, cfg: DictConfig, seed: int = 0, streams: tuple[str, ...] = ("labeled",),
-                 virtual_ranks: int = 1, sync_batchnorm: bool = False, eval_mode: str | None = None):
+                 virtual_ranks: int = 1, sync_batchnorm: bool = False, eval_mode: str | None = None,
+                 unlabeled_options: dict[str, Any] | None = None):
         super().__init__()
         unknown = set(streams) - set(STREAM_IDS)
         if unknown:
@@ -194,6 +196,8 @@ class SemiSegDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self.streams = tuple(streams)
         self.virtual_ranks, self.sync_batchnorm = int(virtual_ranks), bool(sync_batchnorm)
+        # extra views of the unlabeled stream a method asks for (UnlabeledTransform: strong_views, padding_mask)
+        self.unlabeled_options = dict(unlabeled_options or {})
         self.class_info = resolve_class_info(cfg)
         self.eval_mode = eval_mode or str(cfg.val_mode)
         self.partition: Partition | None = None
@@ -494,7 +498,8 @@ class SemiSegDataModule(pl.LightningDataModule):
             self._datasets["unlabeled"] = SegmentationDataset(
                 p.unlabeled, load_mask=has_gt, check_values=False,
                 transform=UnlabeledTransform(scale_range=list(aug.scale_range),
-                                             strong=build_transforms(aug.strong), **geo), **common)
+                                             strong=build_transforms(aug.strong), **geo,
+                                             **self.unlabeled_options), **common)
         if "bank" in self.streams:  # the same unlabeled images, weak + strong views
             self._datasets["bank"] = SegmentationDataset(
                 p.unlabeled, load_mask=False, check_values=False,

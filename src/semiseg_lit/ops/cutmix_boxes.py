@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["cutmix_box_noise_width", "cutmix_box_masks", "flip_within_groups"]
+__all__ = ["cutmix_box_noise_width", "cutmix_box_masks", "flip_within_groups", "paste_from_partner"]
 
 
 def cutmix_box_noise_width(candidates: int) -> int:
@@ -76,3 +76,16 @@ def flip_within_groups(x: Tensor, groups: int) -> Tensor:
     if groups < 1 or n % groups:
         raise ValueError(f"flip_within_groups: batch {n} does not split into {groups} equal groups")
     return x.reshape(groups, n // groups, *x.shape[1:]).flip(1).reshape(x.shape)
+
+
+def paste_from_partner(x: Tensor, box: Tensor, groups: int = 1) -> Tensor:
+    """``x`` with the pixels inside ``box`` taken from the partner image of the same emulated GPU batch:
+    ``out[i] = where(box[i], x[partner(i)], x[i])``, partner = :func:`flip_within_groups` (the reference's
+    ``x[box == 1] = x.flip(0)[box == 1]``, ``unimatch_v2.py:175-190``). ``x`` is ``[B, H, W]`` (pseudo-labels,
+    confidences, padding masks) or ``[B, C, H, W]`` (images); ``box`` bool ``[B, H, W]``. Exact copies,
+    any dtype."""
+    if box.dim() != 3 or x.shape[0] != box.shape[0] or x.shape[-2:] != box.shape[-2:] or x.dim() not in (3, 4):
+        raise ValueError(f"paste_from_partner: x {tuple(x.shape)} and box {tuple(box.shape)} do not match "
+                         "([B, (C,) H, W] and [B, H, W])")
+    m = box if x.dim() == 3 else box.unsqueeze(1)
+    return torch.where(m, flip_within_groups(x, groups), x)

@@ -42,7 +42,8 @@ def build_datamodule(cfg: DictConfig) -> SemiSegDataModule:
     cls = method_class(cfg)
     return SemiSegDataModule(cfg.data, seed=int(cfg.seed), streams=tuple(cls.required_streams(cfg)),
                              virtual_ranks=cls.virtual_ranks(cfg),
-                             sync_batchnorm=bool(cfg.trainer.sync_batchnorm), eval_mode=cfg.eval.mode)
+                             sync_batchnorm=bool(cfg.trainer.sync_batchnorm), eval_mode=cfg.eval.mode,
+                             unlabeled_options=cls.unlabeled_options(cfg))
 
 
 def build_method(cfg: DictConfig, datamodule: SemiSegDataModule) -> pl.LightningModule:
