@@ -12,7 +12,12 @@ from semiseg_lit.ops.complementary_dropout import (
     complementary_channel_dropout,
     complementary_dropout_masks,
 )
-from semiseg_lit.ops.cutmix_boxes import cutmix_box_masks, cutmix_box_noise_width, flip_within_groups
+from semiseg_lit.ops.cutmix_boxes import (
+    cutmix_box_masks,
+    cutmix_box_noise_width,
+    flip_within_groups,
+    paste_from_partner,
+)
 from semiseg_lit.ops.losses import confident_pseudo_label_loss_per_group
 
 
@@ -152,6 +157,19 @@ def test_flip_within_groups():
     assert flip_within_groups(x, 3).tolist() == [1, 0, 3, 2, 5, 4]
     with pytest.raises(ValueError, match="equal groups"):
         flip_within_groups(x, 4)
+
+
+def test_paste_from_partner_labels_and_images():
+    # 2 groups of 2 images, 1 x 2 pixels; box on pixel 1 of image 0 and pixel 0 of image 3
+    labels = torch.tensor([[[0, 1]], [[2, 3]], [[4, 5]], [[6, 7]]])
+    box = torch.zeros(4, 1, 2, dtype=torch.bool)
+    box[0, 0, 1] = box[3, 0, 0] = True
+    out = paste_from_partner(labels, box, groups=2)
+    assert out.tolist() == [[[0, 3]], [[2, 3]], [[4, 5]], [[4, 7]]]  # partners 0<->1, 2<->3
+    images = labels.unsqueeze(1).expand(4, 3, 1, 2).float()
+    assert torch.equal(paste_from_partner(images, box, groups=2), out.unsqueeze(1).expand(4, 3, 1, 2).float())
+    valid = torch.tensor([[[True, True]], [[True, False]], [[True, True]], [[True, True]]])
+    assert paste_from_partner(valid, box, groups=2)[0].tolist() == [[True, False]]  # padding travels with it
 
 
 # ------------------------------------------------------------------ confident pseudo-label loss
