@@ -329,7 +329,7 @@ def test_reference_override_warnings_name_the_key(compose_cfg):
 # ------------------------------------------------------------------------------------------ UniMatch V2
 # Official values from github.com/LiheYoung/UniMatch-V2 @ f6afb4d (unimatch_v2.py, configs/{cityscapes,pascal}.yaml,
 # dataset/semi.py, dataset/transform.py, model/semseg/dpt.py, splits/); docs/unimatch_v2.md §1-4.
-UNIMATCH = [n for n in EXPERIMENTS if n.startswith("unimatch_v2_")]
+UNIMATCH = [n for n in EXPERIMENTS if n.startswith("unimatch_v2_") and not n.endswith("synthscapes")]
 HAS_DPT_B = (Path(CONFIG_DIR) / "model" / "dpt_dinov2_b.yaml").is_file()
 UNIMATCH_COMMON = {
     "method.name": "unimatch_v2",
