@@ -167,3 +167,12 @@ def test_unimatch_v2_trains_two_steps_with_a_small_resnet(synth_root, tmp_path):
                if sd[k].is_floating_point())
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0.0 <= metrics["miou"] <= 1.0
+
+
+def test_virtual_ranks_that_do_not_split_the_batch_name_the_method_key(tmp_path):
+    from semiseg_lit.errors import UserError
+    from semiseg_lit.tasks.common import check_run_options
+
+    with pytest.raises(UserError, match=r"data.labeled_batch_size=4 \(global\) does not split over "
+                                        r"method.unimatch_v2.virtual_ranks=3 emulated GPUs"):
+        check_run_options(_cfg(tmp_path, "method.unimatch_v2.virtual_ranks=3"), "fit")

@@ -144,7 +144,7 @@ def resolve_class_info(cfg: DictConfig) -> ClassInfo:
 
 
 def per_device_batch_size(key: str, total: int, world: int, virtual_ranks: int = 1,
-                          sync_batchnorm: bool = False) -> int:
+                          sync_batchnorm: bool = False, virtual_ranks_key: str = "method.ael.virtual_ranks") -> int:
     """Images per device of the ``data.<key>_batch_size`` stream (batch sizes are global), or a
     ``ValueError`` naming the key: the batch must divide over the devices and over the emulated GPUs
     (``method.ael.virtual_ranks``), and BatchNorm needs 2 images per device, or per run with
@@ -155,12 +155,12 @@ def per_device_batch_size(key: str, total: int, world: int, virtual_ranks: int =
         raise ValueError(f"data.{key}_batch_size={total} is not divisible by the {world} device(s) of the run "
                          "(batch sizes are global): use a multiple of the device count")
     per = total // world
-    groups = groups_per_device(virtual_ranks, world)
+    groups = groups_per_device(virtual_ranks, world, virtual_ranks_key)
     if per % groups:
-        raise ValueError(f"data.{key}_batch_size={total} (global) does not split over method.ael.virtual_ranks="
-                         f"{virtual_ranks} emulated GPUs: give a multiple of {virtual_ranks} (the "
-                         f"reference: 2 labeled and 1 unlabeled per GPU, i.e. {2 * virtual_ranks} and "
-                         f"{virtual_ranks})")
+        hint = (f" (the reference: 2 labeled and 1 unlabeled per GPU, i.e. {2 * virtual_ranks} and {virtual_ranks})"
+                if virtual_ranks_key == "method.ael.virtual_ranks" else "")
+        raise ValueError(f"data.{key}_batch_size={total} (global) does not split over {virtual_ranks_key}="
+                         f"{virtual_ranks} emulated GPUs: give a multiple of {virtual_ranks}{hint}")
     # BatchNorm needs 2 values per channel: the device batch, or with SyncBatchNorm the global one
     if per < 2 and not (sync_batchnorm and world > 1 and total >= 2):
         raise ValueError(f"data.{key}_batch_size={total} gives {per} image(s) per device ({world} device(s)); "

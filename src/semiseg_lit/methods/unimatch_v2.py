@@ -113,7 +113,7 @@ class UniMatchV2Method(SegMethod):
     @property
     def groups(self) -> int:
         world = self.trainer.world_size if self._trainer is not None else 1
-        return groups_per_device(int(self.uv2.virtual_ranks), world)
+        return groups_per_device(int(self.uv2.virtual_ranks), world, "method.unimatch_v2.virtual_ranks")
 
     def configure_callbacks(self) -> list[Callback]:
         """The EMA-teacher callback, built once (Lightning asks for every fit / validate)."""

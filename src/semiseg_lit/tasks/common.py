@@ -133,7 +133,8 @@ def check_run_options(cfg: DictConfig, stage: str) -> None:
                 raise UserError(f"data.{key}_batch_size={total}: expected a positive number of images per step")
             continue
         try:
-            per_device_batch_size(key, total, world, cls.virtual_ranks(cfg), bool(t.sync_batchnorm))
+            per_device_batch_size(key, total, world, cls.virtual_ranks(cfg), bool(t.sync_batchnorm),
+                                  virtual_ranks_key=f"method.{cfg.method.name}.virtual_ranks")
         except ValueError as exc:
             raise UserError(f"{exc} (trainer.devices={t.devices}, trainer.num_nodes={t.num_nodes})") from None
 
