@@ -6,7 +6,7 @@ message that names the key, instead of being silently ignored.
 
 The schemas mirror the config groups in ``conf/``: ``paths``, ``data``, ``model``, ``method``,
 ``trainer``, ``logger``, ``callbacks``. Method schemas have one sub-node per method
-(``method.ael``, ``method.eln``) so a sweep such as ``-m method.ael.alpha=0.5,1.0`` is typed too.
+(``method.ael``, ``method.eln``, ``method.unimatch_v2``) so a sweep such as ``-m method.ael.alpha=0.5,1.0`` is typed too.
 """
 
 from __future__ import annotations
@@ -317,6 +317,37 @@ class ELNConfig:
 
 
 @dataclass
+class UniMatchV2Config:
+    """UniMatch V2 knobs (docs/unimatch_v2.md; defaults = the official code, LiheYoung/UniMatch-V2)."""
+
+    # pseudo-label confidence threshold tau (configs/*.yaml conf_thresh)
+    conf_thresh: float = 0.95
+    # loss = labeled_weight * L_x + unlabeled_weight * (L_s1 + L_s2) / 2  (unimatch_v2.py:202-204: 1/2 and 1/2)
+    labeled_weight: float = 0.5
+    unlabeled_weight: float = 0.5
+    # EMA teacher: d = min(1 - 1/(step+1), ema_decay) (ema_warmup), parameters and buffers (unimatch_v2.py:221-226)
+    ema_decay: float = 0.996
+    ema_warmup: bool = True
+    ema_average_buffers: bool = True
+    # the teacher pseudo-labels in eval mode (unimatch_v2.py:88-91)
+    teacher_train_mode: bool = False
+    # complementary channel dropout on the student's encoder features of the two strong views (dpt.py:148-167);
+    # feature_dropout_prob = fraction of the images whose two views get complementary halves (0.5)
+    feature_dropout: bool = True
+    feature_dropout_prob: float = 0.5
+    # CutMix: one box per strong view with probability cutmix_prob, area U(cutmix_area) of the crop, ratio
+    # U(cutmix_ratio), pasted from the reversed batch (dataset/transform.py:66-84, unimatch_v2.py:175-190)
+    cutmix: bool = True
+    cutmix_prob: float = 0.5
+    cutmix_area: list[float] = field(default_factory=lambda: [0.02, 0.4])
+    cutmix_ratio: list[float] = field(default_factory=lambda: [0.3, 3.3333333333333335])
+    cutmix_candidates: int = 128  # draws of the vectorised rejection loop (ops/cutmix_boxes.py)
+    # GPUs of the official run emulated on any number of devices: per-GPU CE/OHEM means, unsupervised
+    # denominators, CutMix partners and dropout draws (reference experiments: 4)
+    virtual_ranks: int = 1
+
+
+@dataclass
 class MethodConfig:
     name: str = MISSING
     _target_: str = MISSING
@@ -335,6 +366,7 @@ class MethodConfig:
     # per-method sub-nodes (filled by method/ael.yaml and method/eln.yaml)
     ael: AELConfig | None = None
     eln: ELNConfig | None = None
+    unimatch_v2: UniMatchV2Config | None = None
 
 
 @dataclass

@@ -77,7 +77,8 @@ def test_sync_batchnorm_on_one_process(compose_cfg, synth_root, tmp_path):
 
 @pytest.mark.parametrize(("method", "extra"), [
     ("supervised", []), ("ael", []), ("ael", ["method.ael.cutmix_adaptive=false"]), ("eln", ELN_STAGE3),
-], ids=["supervised", "ael", "ael-random-cutmix", "eln-stage3"])
+    ("unimatch_v2", ["method.unimatch_v2.virtual_ranks=2"]),
+], ids=["supervised", "ael", "ael-random-cutmix", "eln-stage3", "unimatch_v2"])
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_no_host_sync_in_training_steps(compose_cfg, synth_root, tmp_path, monkeypatch, method, extra, precision):
     """``set_sync_debug_mode("error")`` over whole steps. 16-mixed is not included: GradScaler reads its

@@ -68,7 +68,8 @@ def fit_with_window(compose_cfg, synth_root, out, method: str, extra: list[str],
     ("eln", ELN_STAGE3),
     ("eln", ["method.eln.pretrain_steps=0", "method.eln.eln_steps=100", "method.eln.encoder=resnet18",
              "method.eln.encoder_weights=null", "method.eln.decoder_channels=16"]),  # stage 2
-], ids=["supervised", "ael", "ael-random-cutmix", "eln-stage3", "eln-stage2"])
+    ("unimatch_v2", ["method.unimatch_v2.virtual_ranks=2"]),
+], ids=["supervised", "ael", "ael-random-cutmix", "eln-stage3", "eln-stage2", "unimatch_v2"])
 def test_no_host_sync_inside_training_steps(compose_cfg, synth_root, tmp_path, method, extra):
     window = fit_with_window(compose_cfg, synth_root, tmp_path, method, extra)
     assert window.steps_checked == 3  # steps 1, 2, 3 (step 0 warms up)

@@ -94,4 +94,7 @@ def test_published_numbers_come_from_one_file_with_their_source():
     pub = load_published()
     assert pub["ael_cityscapes_1_32"]["miou"] == 74.28 and pub["ael_voc_blend_1_2"]["miou"] == 80.29
     assert pub["supervised_cityscapes_1_8"]["miou"] == 69.81 and pub["eln_voc_blend_1_8"]["miou"] == 75.1
-    assert all(p["source"].startswith(("Hu et al.", "Kwon & Kwak")) and p["table"] for p in pub.values())
+    assert all(p["source"].startswith(("Hu et al.", "Kwon & Kwak", "Yang, Zhao & Zhao")) and p["table"]
+               for p in pub.values())
+    # UniMatch V2 README, DINOv2-Base (docs/unimatch_v2.md §5)
+    assert pub["unimatch_v2_cityscapes_1_16"]["miou"] == 83.6 and pub["unimatch_v2_voc_1464"]["miou"] == 90.8

@@ -27,6 +27,8 @@ CASES = {
     # 2 emulated GPUs on one process: per-GPU bank rows and snapshots go through the checkpoint
     "ael_virtual_ranks": (["+experiment=ael_synthscapes", "method.ael.virtual_ranks=2", "method.ael.bank_sync=false"],
                           [2], 4),
+    # EMA teacher, two strong views, CutMix and feature dropout from per-step generators; 2 emulated GPUs
+    "unimatch_v2": (["method=unimatch_v2", "method.unimatch_v2.virtual_ranks=2"], [2], 4),
     # interrupted inside stage 2 (after step 1) and inside stage 3 (after step 3), resumed to 5
     "eln": (ELN_TINY, [2, 4], 5),
 }

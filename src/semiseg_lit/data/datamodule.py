@@ -3,7 +3,8 @@
 A training batch is a dict with one entry per stream the method asks for::
 
     {"labeled":   {"image": [B_l,3,H,W], "mask": [B_l,H,W], "index": [B_l]},
-     "unlabeled": {"image": weak [B_u,3,H,W], "image_strong": [B_u,3,H,W], "index": [B_u], ("mask")},
+     "unlabeled": {"image": weak [B_u,3,H,W], "image_strong": [B_u,3,H,W], "index": [B_u], ("mask"),
+                   ("image_strong2", "valid": UniMatch V2, see UnlabeledTransform)},
      "partner":   {"image", "mask", "index"},        # AEL copy-paste partners (large scale jitter)
      "bank":      {"image", "index", "bank_class"}}  # AEL CutMix-bank draws (weak view)
 
@@ -143,7 +144,7 @@ def resolve_class_info(cfg: DictConfig) -> ClassInfo:
 
 
 def per_device_batch_size(key: str, total: int, world: int, virtual_ranks: int = 1,
-                          sync_batchnorm: bool = False) -> int:
+                          sync_batchnorm: bool = False, virtual_ranks_key: str = "method.ael.virtual_ranks") -> int:
     """Images per device of the ``data.<key>_batch_size`` stream (batch sizes are global), or a
     ``ValueError`` naming the key: the batch must divide over the devices and over the emulated GPUs
     (``method.ael.virtual_ranks``), and BatchNorm needs 2 images per device, or per run with
@@ -154,12 +155,12 @@ def per_device_batch_size(key: str, total: int, world: int, virtual_ranks: int =
         raise ValueError(f"data.{key}_batch_size={total} is not divisible by the {world} device(s) of the run "
                          "(batch sizes are global): use a multiple of the device count")
     per = total // world
-    groups = groups_per_device(virtual_ranks, world)
+    groups = groups_per_device(virtual_ranks, world, virtual_ranks_key)
     if per % groups:
-        raise ValueError(f"data.{key}_batch_size={total} (global) does not split over method.ael.virtual_ranks="
-                         f"{virtual_ranks} emulated GPUs: give a multiple of {virtual_ranks} (the "
-                         f"reference: 2 labeled and 1 unlabeled per GPU, i.e. {2 * virtual_ranks} and "
-                         f"{virtual_ranks})")
+        hint = (f" (the reference: 2 labeled and 1 unlabeled per GPU, i.e. {2 * virtual_ranks} and {virtual_ranks})"
+                if virtual_ranks_key == "method.ael.virtual_ranks" else "")
+        raise ValueError(f"data.{key}_batch_size={total} (global) does not split over {virtual_ranks_key}="
+                         f"{virtual_ranks} emulated GPUs: give a multiple of {virtual_ranks}{hint}")
     # BatchNorm needs 2 values per channel: the device batch, or with SyncBatchNorm the global one
     if per < 2 and not (sync_batchnorm and world > 1 and total >= 2):
         raise ValueError(f"data.{key}_batch_size={total} gives {per} image(s) per device ({world} device(s)); "
@@ -185,7 +186,8 @@ class SemiSegDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, cfg: DictConfig, seed: int = 0, streams: tuple[str, ...] = ("labeled",),
-                 virtual_ranks: int = 1, sync_batchnorm: bool = False, eval_mode: str | None = None):
+                 virtual_ranks: int = 1, sync_batchnorm: bool = False, eval_mode: str | None = None,
+                 unlabeled_options: dict[str, Any] | None = None):
         super().__init__()
         unknown = set(streams) - set(STREAM_IDS)
         if unknown:
@@ -194,6 +196,8 @@ class SemiSegDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self.streams = tuple(streams)
         self.virtual_ranks, self.sync_batchnorm = int(virtual_ranks), bool(sync_batchnorm)
+        # extra views of the unlabeled stream a method asks for (UnlabeledTransform: strong_views, padding_mask)
+        self.unlabeled_options = dict(unlabeled_options or {})
         self.class_info = resolve_class_info(cfg)
         self.eval_mode = eval_mode or str(cfg.val_mode)
         self.partition: Partition | None = None
@@ -505,7 +509,8 @@ class SemiSegDataModule(pl.LightningDataModule):
             self._datasets["unlabeled"] = SegmentationDataset(
                 p.unlabeled, load_mask=has_gt, check_values=False,
                 transform=UnlabeledTransform(scale_range=list(aug.scale_range),
-                                             strong=build_transforms(aug.strong), **geo), **common)
+                                             strong=build_transforms(aug.strong), **geo,
+                                             **self.unlabeled_options), **common)
         if "bank" in self.streams:  # the same unlabeled images, weak + strong views
             self._datasets["bank"] = SegmentationDataset(
                 p.unlabeled, load_mask=False, check_values=False,

@@ -271,25 +271,47 @@ class UnlabeledTransform:
 
     Returns {"image": weak, "image_strong": strong} (+ "mask" when a ground truth exists, used only
     for diagnostics such as pseudo-label accuracy on synthscapes, never for training).
+
+    ``strong_views=2`` adds "image_strong2", a second strong view drawn independently (its own seed) from
+    the same weak crop; ``padding_mask=True`` adds "valid" (bool [H, W], False where the crop is padding),
+    both for UniMatch V2 (docs/unimatch_v2.md §2: ``img_s1, img_s2, ignore_mask``).
     """
 
     def __init__(self, crop: int | Sequence[int], scale_range: Sequence[float], hflip: bool, pad_label: int,
                  mean: Sequence[float], std: Sequence[float], strong: Sequence[Any] = (),
-                 resize: Sequence[int] | None = None, scale_sampling: str = "uniform", crop_first: bool = True):
+                 resize: Sequence[int] | None = None, scale_sampling: str = "uniform", crop_first: bool = True,
+                 strong_views: int = 1, padding_mask: bool = False):
+        if strong_views not in (1, 2):
+            raise ValueError(f"strong_views={strong_views}: expected 1 or 2")
         self.geometric = A.Compose(_geometric(crop, scale_range, hflip, pad_label, mean, resize, scale_sampling,
                                               crop_first))
         self.strong = A.Compose(list(strong))
         self.normalize = Normalize(mean, std)
+        self.strong_views, self.padding_mask = int(strong_views), bool(padding_mask)
+        # the value that marks image pixels in the padding marker (padding gets pad_label)
+        self._marker = 1 if pad_label != 1 else 2
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None, seed: int | None = None
                  ) -> dict[str, torch.Tensor]:
         if seed is not None:
             reseed(self.geometric, seed)
             reseed(self.strong, seed + 1)
-        data = self.geometric(image=image, mask=mask) if mask is not None else self.geometric(image=image)
+        inputs: dict[str, Any] = {"image": image}
+        if mask is not None:
+            inputs["mask"] = mask
+        if self.padding_mask:
+            inputs["masks"] = [np.full(image.shape[:2], self._marker, dtype=np.uint8)]
+        data = self.geometric(**inputs)
         weak = data["image"]
         strong = self.strong(image=weak)["image"] if self.strong.transforms else weak
         out = {"image": self.normalize(weak), "image_strong": self.normalize(strong)}
+        if self.strong_views == 2:
+            if seed is not None:
+                reseed(self.strong, seed + 2)
+            strong2 = self.strong(image=weak)["image"] if self.strong.transforms else weak
+            out["image_strong2"] = self.normalize(strong2)
+        if self.padding_mask:
+            out["valid"] = torch.from_numpy(np.ascontiguousarray(data["masks"][0]) == self._marker)
         if mask is not None:
             out["mask"] = _mask_tensor(data["mask"])
         return out

@@ -52,6 +52,11 @@ class SegMethod(pl.LightningModule):
         return ("labeled",)
 
     @classmethod
+    def unlabeled_options(cls, cfg: DictConfig) -> dict[str, Any]:
+        """Extra views of the unlabeled stream (``UnlabeledTransform`` keywords; UniMatch V2 overrides)."""
+        return {}
+
+    @classmethod
     def virtual_ranks(cls, cfg: DictConfig) -> int:
         """GPUs of a reference run this method emulates in all (1: one group per device; AEL overrides)."""
         return 1

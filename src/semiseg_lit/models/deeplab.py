@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,9 +162,16 @@ class SegmentationNet(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward_all(self, x: torch.Tensor, aux: bool = False, proj: bool = False,
-                    keep_features: bool = False) -> SegOutput:
+                    keep_features: bool = False,
+                    feature_transform: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
+                    ) -> SegOutput:
+        """All outputs. ``feature_transform``: applied to the encoder's feature maps before the decoder
+        and the aux head (UniMatch V2's complementary channel dropout); smp's identity stage 0, the
+        (padded) input image itself, is not a feature and is passed through unchanged."""
         x, h, w = self._pad(x)
         features = self.encoder(x)
+        if feature_transform is not None:
+            features = [features[0], *feature_transform(list(features[1:]))]
         dec = self.decode(features)
         logits = self.classify(dec)[..., :h, :w]
         out = SegOutput(logits=logits)

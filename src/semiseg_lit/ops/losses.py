@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["class_argmax", "ohem_cross_entropy", "ohem_cross_entropy_per_group", "pseudo_labels",
-           "weighted_pseudo_label_loss", "weighted_pseudo_label_loss_per_group", "per_pixel_cross_entropy"]
+           "weighted_pseudo_label_loss", "weighted_pseudo_label_loss_per_group", "per_pixel_cross_entropy",
+           "confident_pseudo_label_loss_per_group"]
 
 _EPS = 1e-12  # the reference's normaliser guard (loss_helper.py:89)
 
@@ -172,3 +173,28 @@ def weighted_pseudo_label_loss_per_group(
         return (weight * ce).reshape(groups, -1).sum(1) / (weight.reshape(groups, -1).sum(1) + _EPS)
     per_image = (weight * ce).flatten(1).sum(1) / (weight.flatten(1).sum(1) + _EPS)
     return per_image.view(groups, -1).mean(1)
+
+
+def confident_pseudo_label_loss_per_group(
+    student_logits: Tensor, pseudo_label: Tensor, teacher_conf: Tensor, valid: Tensor, threshold: float,
+    groups: int = 1,
+) -> Tensor:
+    """FixMatch / UniMatch V2 unsupervised loss of each of ``groups`` equal consecutive chunks of the batch
+    (docs/unimatch_v2.md §3, ``unimatch_v2.py:194-200``):
+
+    ``L_g = Σ_{p∈g} CE_p · [conf_p >= τ] · valid_p / max(1, Σ_{p∈g} valid_p)``
+
+    with ``CE_p`` the student's cross-entropy against the teacher's hard label, ``conf_p`` the teacher's
+    max softmax probability and ``valid_p`` False on padding. The denominator counts every valid pixel,
+    confident or not (the reference). Returns float32 ``[G]``.
+    """
+    _check_logits_target(student_logits, pseudo_label, "pseudo_label")
+    for name, t in (("teacher_conf", teacher_conf), ("valid", valid)):
+        if t.shape != pseudo_label.shape:
+            raise ValueError(f"{name}: expected shape {tuple(pseudo_label.shape)}, got {tuple(t.shape)}")
+    b = pseudo_label.shape[0]
+    if groups < 1 or b % groups:
+        raise ValueError(f"confident_pseudo_label_loss_per_group: batch {b} does not split into {groups} groups")
+    ce, _, _ = per_pixel_cross_entropy(student_logits, pseudo_label, ignore_index=-1)
+    selected = (teacher_conf.detach() >= threshold) & valid
+    return (ce * selected).reshape(groups, -1).sum(1) / valid.reshape(groups, -1).sum(1).clamp_min(1)

@@ -120,14 +120,14 @@ def device_rows(stored: Tensor, stored_first: int | None, first: int, groups: in
         "resume with the method.ael.virtual_ranks and number of devices of the run that wrote it")
 
 
-def groups_per_device(virtual_ranks: int, world_size: int) -> int:
+def groups_per_device(virtual_ranks: int, world_size: int, key: str = "method.ael.virtual_ranks") -> int:
     """Emulated GPUs per device, ``G = virtual_ranks / world_size`` (1 when ``virtual_ranks <= 1``:
     no emulation, one group per device). A ``ValueError`` naming the key when it does not divide."""
     v, w = int(virtual_ranks), int(world_size)
     if v <= 1:
         return 1
     if v % w:
-        raise ValueError(f"method.ael.virtual_ranks={v} (GPUs emulated in all) is not a multiple of the world size "
+        raise ValueError(f"{key}={v} (GPUs emulated in all) is not a multiple of the world size "
                          f"{w}: use a multiple of {w} (each device emulates virtual_ranks / world size GPUs), e.g. "
                          "the reference's 8 on 1, 2, 4 or 8 devices")
     return v // w

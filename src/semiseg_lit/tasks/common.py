@@ -42,7 +42,8 @@ def build_datamodule(cfg: DictConfig) -> SemiSegDataModule:
     cls = method_class(cfg)
     return SemiSegDataModule(cfg.data, seed=int(cfg.seed), streams=tuple(cls.required_streams(cfg)),
                              virtual_ranks=cls.virtual_ranks(cfg),
-                             sync_batchnorm=bool(cfg.trainer.sync_batchnorm), eval_mode=cfg.eval.mode)
+                             sync_batchnorm=bool(cfg.trainer.sync_batchnorm), eval_mode=cfg.eval.mode,
+                             unlabeled_options=cls.unlabeled_options(cfg))
 
 
 def build_method(cfg: DictConfig, datamodule: SemiSegDataModule) -> pl.LightningModule:
@@ -140,7 +141,8 @@ def check_run_options(cfg: DictConfig, stage: str) -> None:
                 raise UserError(f"data.{key}_batch_size={total}: expected a positive number of images per step")
             continue
         try:
-            per_device_batch_size(key, total, world, cls.virtual_ranks(cfg), bool(t.sync_batchnorm))
+            per_device_batch_size(key, total, world, cls.virtual_ranks(cfg), bool(t.sync_batchnorm),
+                                  virtual_ranks_key=f"method.{cfg.method.name}.virtual_ranks")
         except ValueError as exc:
             raise UserError(f"{exc} (trainer.devices={t.devices}, trainer.num_nodes={t.num_nodes})") from None
 
