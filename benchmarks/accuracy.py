@@ -1,4 +1,4 @@
-"""Accuracy benchmark on synthscapes: supervised vs mean-teacher CutMix vs AEL vs ELN.
+"""Accuracy benchmark on synthscapes: supervised vs mean-teacher CutMix vs AEL vs ELN (and UniMatch V2).
 
 Each row trains the same network, data, split, augmentation, schedule and evaluation (the
 ``*_synthscapes`` experiments) for every seed, through the real CLI, and reads the run's
@@ -39,8 +39,9 @@ ROWS = {
                             "method.ael.reweight=false"],
     "AEL": ["+experiment=ael_synthscapes"],
     "ELN": ["+experiment=eln_synthscapes"],
+    "UniMatch V2": ["+experiment=unimatch_v2_synthscapes"],
 }
-DEFAULT_ROWS = list(ROWS)
+DEFAULT_ROWS = ["supervised", "mean-teacher CutMix", "AEL", "ELN"]  # the issue-16 table; UniMatch V2 by --rows
 # the network of every row: the experiments' (ResNet-18 DeepLabV3+) or a tiny random ViT + DPT
 MODELS = {
     "experiment": [],

@@ -18,6 +18,7 @@ TINY_DPT = ["model=dpt_dinov2_s", "model.encoder=tu-vit_small_patch14_dinov2", "
 PER_METHOD = {
     "supervised": ["model.aux_head=true"],
     "ael": ["model.aux_head=true"],
+    "unimatch_v2": ["model.aux_head=true"],
     # stage 2 at step 0, stage 3 (teacher, ELN pseudo labels, contrastive loss) at step 1
     "eln": ["method.eln.pretrain_steps=0", "method.eln.eln_steps=1", "method.eln.encoder=resnet18",
             "method.eln.encoder_weights=null", "method.eln.decoder_channels=16", "method.eln.n_crops=2",
