@@ -185,3 +185,19 @@ def test_labeled_styles_uses_the_generated_lists_and_refuses_a_seeded_draw(tmp_p
     bad = SemiSegDataModule(data_cfg(tmp_path / "ls", n_labeled=5, synthscapes=synth), seed=0)
     with pytest.raises(ValueError, match=r"data.n_labeled=5 with data.synthscapes.labeled_styles=2"):
         bad.setup("fit")
+
+
+def test_labeled_styles_generates_only_the_lists_that_fit_and_names_them(tmp_path):
+    # 40 train images of 16 styles: few in styles 0..3, so only the counts that fit get lists
+    from semiseg_lit.data.synthscapes import labeled_pool_size
+
+    synth = {**TINY_SYNTH, "n_styles": 16, "labeled_styles": 4}
+    pool = labeled_pool_size(40, 16, 0, 4)
+    fits = [n for n in (8, 16, 32) if n <= pool]
+    assert 8 in fits and len(fits) < 3
+    dm = SemiSegDataModule(data_cfg(tmp_path / "small", n_labeled=8, synthscapes=synth), seed=0)
+    dm.setup("fit")
+    assert len(dm.partition.labeled) == 8
+    big = [n for n in (8, 16, 32) if n > pool][0]
+    with pytest.raises(ValueError, match=rf"data.n_labeled={big} .* exist for n_labeled in \[{', '.join(map(str, fits))}\]"):
+        SemiSegDataModule(data_cfg(tmp_path / "small", n_labeled=big, synthscapes=synth), seed=0).setup("fit")

@@ -218,11 +218,22 @@ class SemiSegDataModule(pl.LightningDataModule):
 
         s = self.cfg.synthscapes
         # split lists are generated for the standard counts; other n_labeled use a seeded draw
-        counts = synthscapes_labeled_counts(int(s.n_train))
+        counts = self._synthscapes_counts()
         return ensure_synthscapes(Path(self.cfg.root), n_train=s.n_train, n_val=s.n_val, height=s.height,
                                   width=s.width, n_styles=s.n_styles, seed=s.seed, labeled_counts=counts,
                                   tail_scale=float(s.get("tail_scale", 1.0)),
                                   labeled_styles=s.get("labeled_styles"))
+
+    def _synthscapes_counts(self) -> tuple[int, ...]:
+        """The standard labeled counts that fit the labeled pool (all of train, or the labeled styles)."""
+        from semiseg_lit.data.synthscapes import labeled_pool_size
+
+        s = self.cfg.synthscapes
+        counts = synthscapes_labeled_counts(int(s.n_train))
+        if s.get("labeled_styles"):
+            pool = labeled_pool_size(int(s.n_train), int(s.n_styles), int(s.seed), int(s.labeled_styles))
+            counts = tuple(n for n in counts if n <= pool)
+        return counts
 
     def layout(self):
         from semiseg_lit.data import datasets as D
@@ -297,9 +308,8 @@ class SemiSegDataModule(pl.LightningDataModule):
                 raise UserError(
                     f"data.n_labeled={cfg.n_labeled} with data.synthscapes.labeled_styles="
                     f"{cfg.synthscapes.labeled_styles}: only the generated lists keep the labeled images inside "
-                    f"the labeled styles, and they exist for n_labeled in "
-                    f"{list(synthscapes_labeled_counts(int(cfg.synthscapes.n_train)))}; use one of those, or "
-                    "data.synthscapes.labeled_styles=null")
+                    f"the labeled styles, and they exist for n_labeled in {list(self._synthscapes_counts())}; use "
+                    "one of those, or data.synthscapes.labeled_styles=null")
         extra_unlabeled = cfg.get("unlabeled_dir") or cfg.get("unlabeled_split")
         pool_cache: list = []
 

@@ -57,6 +57,7 @@ __all__ = [
     "generate_synthscapes",
     "ensure_synthscapes",
     "read_manifest",
+    "labeled_pool_size",
 ]
 
 log = logging.getLogger(__name__)
@@ -641,6 +642,13 @@ def _check_params(
         raise ValueError(f"synthscapes: labeled_counts {too_big} exceed n_train={p['n_train']}")
     p["labeled_counts"] = counts
     return p
+
+
+def labeled_pool_size(n_train: int, n_styles: int, seed: int, labeled_styles: int | None) -> int:
+    """How many train images labeled lists can draw from: all of them, or those of styles 0..K-1."""
+    if not labeled_styles:
+        return int(n_train)
+    return sum(int(image_rng(seed, "train", i).integers(n_styles)) < labeled_styles for i in range(int(n_train)))
 
 
 def _labeled_order(p: dict[str, Any]) -> np.ndarray:
