@@ -312,7 +312,8 @@ def test_synthscapes_cache_folder_is_keyed_by_every_generation_parameter(compose
     base = compose_cfg(["data=synthscapes", f"paths.cache_dir={tmp_path}"]).data.root
     roots = {base}
     for f in dataclasses.fields(SynthscapesConfig):
-        value = getattr(SynthscapesConfig(), f.name) + 1
+        default = getattr(SynthscapesConfig(), f.name)
+        value = 2 if default is None else default + 1
         root = compose_cfg(["data=synthscapes", f"paths.cache_dir={tmp_path}",
                             f"data.synthscapes.{f.name}={value}"]).data.root
         assert root not in roots, f"changing data.synthscapes.{f.name} keeps the cache folder {root}"

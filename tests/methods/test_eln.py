@@ -33,7 +33,10 @@ SIZE = 30  # not a multiple of 32 (student) nor of 16 (ELN) nor of 4 (1/4 grid):
 TINY_ENCODER = "tu-mobilenetv3_small_050"
 SMALL = [f"model.encoder={TINY_ENCODER}", f"method.eln.encoder={TINY_ENCODER}", "model.decoder_channels=16",
          "method.eln.decoder_channels=16", "method.eln.n_crops=2", "method.eln.crop_size=4",
-         "method.eln.pretrain_steps=2", "method.eln.eln_steps=3"]
+         "method.eln.pretrain_steps=2", "method.eln.eln_steps=3",
+         # the ELN method's own optimiser (conf/method/eln.yaml; eln_synthscapes trains with SGD)
+         "method.optim.name=adamw", "method.optim.lr=1e-4", "method.optim.weight_decay=1e-5",
+         "method.optim.backbone_lr_mult=0.1", "method.optim.head_lr_mult=1.0", "method.optim.scheduler=constant"]
 
 
 def _cfg(tmp_path, extra=()):
