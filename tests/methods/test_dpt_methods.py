@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from semiseg_lit.errors import UserError
-from semiseg_lit.errors import UserError
 from semiseg_lit.tasks import run_task
 from tests.conftest import tiny_overrides
 
