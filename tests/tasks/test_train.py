@@ -162,3 +162,14 @@ def test_ael_student_view_strong_gives_the_student_the_photometric_views(compose
     rgb = Normalize(list(cfg.data.mean), list(cfg.data.std)).denormalize(seen[0]).int()
     channel_spread = (rgb.max(1).values - rgb.min(1).values).max()
     assert (channel_spread <= 1) if view == "strong" else (channel_spread > 20)
+
+
+def test_final_table_names_the_network_that_was_evaluated(compose_cfg, tmp_path):
+    from semiseg_lit.data.labels import ClassInfo
+    from semiseg_lit.tasks.train import report_text
+
+    info = ClassInfo(name="toy", names=("a", "b"), palette=((0, 0, 0), (1, 1, 1)), head=(0,), tail=(1,))
+    scores = {"per_class_iou": [0.5, 0.25], "miou": 0.375}
+    default = report_text(compose_cfg(["method=ael"]), tmp_path, scores, info, [], paths=False)
+    asked = report_text(compose_cfg(["method=ael", "eval.model=student"]), tmp_path, scores, info, [], paths=False)
+    assert "(teacher network" in default and "(student network" in asked

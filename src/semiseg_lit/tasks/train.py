@@ -244,7 +244,8 @@ def report_text(cfg: DictConfig, out: Path, scores: dict[str, Any], class_info, 
     (``paths``) where the checkpoints, metrics and W&B run are."""
     table = format_iou_table(torch.as_tensor(scores["per_class_iou"]), class_info.names,
                              head=class_info.head, tail=class_info.tail)
-    lines = ["", f"Final evaluation ({cfg.method.eval_model} network, {cfg.data.name} val):", table]
+    which = OmegaConf.select(cfg, "eval.model") or cfg.method.eval_model  # task=eval may pick the other one
+    lines = ["", f"Final evaluation ({which} network, {cfg.data.name} val):", table]
     if "head_miou" in scores:
         lines.append(f"head mIoU {100 * float(scores['head_miou']):.2f}   tail mIoU "
                      f"{100 * float(scores['tail_miou']):.2f}")
