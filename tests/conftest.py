@@ -59,6 +59,17 @@ def tiny_overrides(synth_root: Path, out: Path) -> list[str]:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Torch's intra-op threads set to 1 for the test (small CPU tensors run faster), restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def compose_cfg():
     """compose_cfg(overrides) -> DictConfig, like the command line would build it."""
 

@@ -22,12 +22,7 @@ from semiseg_lit.ops.sliding_window import sliding_window_inference
 TINY_VIT = {"embed_dim": 48, "depth": 4, "num_heads": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_net(num_classes: int = 5, **kwargs) -> DPTSegNet:

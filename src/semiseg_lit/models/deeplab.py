@@ -96,6 +96,15 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     encoder.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
+def pad_to_multiple(x: torch.Tensor, divisor: int) -> tuple[torch.Tensor, int, int]:
+    """``x`` zero-padded on the bottom/right to multiples of ``divisor``, and its original ``(h, w)``."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % divisor, (-w) % divisor
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+    return x, h, w
+
+
 class SegmentationNet(nn.Module):
     """DeepLabV3+ with optional aux FCN head and projection head (see module docstring)."""
 
@@ -144,14 +153,6 @@ class SegmentationNet(nn.Module):
         head = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
         return {"backbone": backbone, "head": head}
 
-    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        h, w = x.shape[-2:]
-        d = self.size_divisor
-        ph, pw = (-h) % d, (-w) % d
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
-        return x, h, w
-
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         """DeepLabV3+ decoder features at 1/4 resolution."""
         return self.decoder(features)
@@ -168,7 +169,7 @@ class SegmentationNet(nn.Module):
         """All outputs. ``feature_transform``: applied to the encoder's feature maps before the decoder
         and the aux head (UniMatch V2's complementary channel dropout); smp's identity stage 0, the
         (padded) input image itself, is not a feature and is passed through unchanged."""
-        x, h, w = self._pad(x)
+        x, h, w = pad_to_multiple(x, self.size_divisor)
         features = self.encoder(x)
         if feature_transform is not None:
             features = [features[0], *feature_transform(list(features[1:]))]

@@ -78,6 +78,7 @@ from semiseg_lit.models.deeplab import (
     FCNHead,
     ProjectionHead,
     SegOutput,
+    pad_to_multiple,
     read_weights_file,
 )
 
@@ -352,14 +353,6 @@ class DPTSegNet(nn.Module):
         head = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
         return {"backbone": backbone, "head": head}
 
-    def _pad(self, x: Tensor) -> tuple[Tensor, int, int]:
-        h, w = x.shape[-2:]
-        d = self.size_divisor
-        ph, pw = (-h) % d, (-w) % d
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
-        return x, h, w
-
     def encode(self, x: Tensor) -> tuple[list[Tensor], list[Tensor | None]]:
         """Encoder maps and class tokens of a padded input (no autograd when the encoder is frozen)."""
         if self.freeze_encoder:
@@ -385,7 +378,7 @@ class DPTSegNet(nn.Module):
                     feature_transform: FeatureTransform | None = None) -> SegOutput:
         """All outputs (module docstring). ``feature_transform``: applied to the list of the 4 encoder maps
         ``[B, D, p, q]`` before the decoder (e.g. UniMatch V2's complementary channel dropout)."""
-        x, h, w = self._pad(x)
+        x, h, w = pad_to_multiple(x, self.size_divisor)
         features, prefix = self.encode(x)
         if feature_transform is not None:
             features = list(feature_transform(list(features)))
