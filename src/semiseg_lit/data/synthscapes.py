@@ -644,11 +644,19 @@ def _check_params(
     return p
 
 
+@lru_cache(maxsize=8)
+def _train_styles(n_train: int, n_styles: int, seed: int) -> np.ndarray:
+    """Style index of every train image: the first draw of its :func:`image_rng`, as in :func:`_scene`."""
+    styles = np.array([int(image_rng(seed, "train", i).integers(n_styles)) for i in range(n_train)])
+    styles.setflags(write=False)
+    return styles
+
+
 def labeled_pool_size(n_train: int, n_styles: int, seed: int, labeled_styles: int | None) -> int:
     """How many train images labeled lists can draw from: all of them, or those of styles 0..K-1."""
     if not labeled_styles:
         return int(n_train)
-    return sum(int(image_rng(seed, "train", i).integers(n_styles)) < labeled_styles for i in range(int(n_train)))
+    return int((_train_styles(int(n_train), int(n_styles), int(seed)) < labeled_styles).sum())
 
 
 def _labeled_order(p: dict[str, Any]) -> np.ndarray:
@@ -657,7 +665,7 @@ def _labeled_order(p: dict[str, Any]) -> np.ndarray:
     that is set (image i's style is the first draw of :func:`image_rng`, as in :func:`_scene`)."""
     perm = np.random.default_rng(np.random.SeedSequence(p["seed"], spawn_key=(_PARTITION_KEY,))).permutation(p["n_train"])
     if p["labeled_styles"]:
-        style = np.array([int(image_rng(p["seed"], "train", i).integers(p["n_styles"])) for i in range(p["n_train"])])
+        style = _train_styles(p["n_train"], p["n_styles"], p["seed"])
         perm = perm[style[perm] < p["labeled_styles"]]
         short = [n for n in p["labeled_counts"] if n > len(perm)]
         if short:
