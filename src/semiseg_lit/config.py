@@ -207,8 +207,11 @@ class AELConfig:
     """AEL knobs (ael.md). Each component can be switched off for the ablation table (§10 Table 3)."""
 
     # mean teacher (§2): decay min(1 - 1/(step+1), ema_decay); the reference keeps the teacher in
-    # train mode (BN batch statistics, dropout) when it pseudo-labels and does not average buffers
-    ema_decay: float = 0.99
+    # train mode (BN batch statistics, dropout) when it pseudo-labels and does not average buffers.
+    # ema_decay: "auto" = time constant max_steps / 40 steps, at most the reference's 100 (0.99; every
+    # schedule >= 4000 steps), or a decay in [0, 1) (reference experiments: 0.99); checked by
+    # ops/ema.resolve_ema_decay (Any: OmegaConf has no str|float union)
+    ema_decay: Any = "auto"
     ema_warmup: bool = True
     ema_average_buffers: bool = False
     teacher_train_mode: bool = True
@@ -242,10 +245,10 @@ class AELConfig:
     sampling_shared_noise: bool = False  # true = one noise map per class shared by the batch (reference)
     reweight: bool = True
     gamma: float = 2.0
-    threshold: float = 0.7             # pseudo-label confidence threshold (VOC 0.7, Cityscapes 0)
+    threshold: float = 0.95            # pseudo-label confidence threshold (reference: VOC 0.7, Cityscapes 0)
     loss_normalize: str = "batch"      # batch (reference: one normaliser) | image (paper Eq. 11-13)
     ignored_in_denominator: bool = True  # reference: low-confidence pixels stay in the DR denominator
-    labeled_consistency: bool = True   # the L_c1 term on labeled images (code, not paper; §7)
+    labeled_consistency: bool = False  # the L_c1 term on labeled images (code, not paper; §7; reference: true)
     alpha: float = 1.0                 # weight of the unsupervised loss
     grad_scale: float = 1.0            # 1/8 reproduces the reference's loss/W on 8 GPUs (§7)
     # emulate this many GPUs of the reference run (GLOBAL count, divided by the world size): the
@@ -289,8 +292,9 @@ class ELNConfig:
     first_conv_init: str = "reset"     # reset (reference: fresh 3+1+C-input stem conv) | smp
     # error simulation: one auxiliary decoder per gate factor, gated by aux_CE >= f·main_CE (§2.2)
     aux_gate_factors: list[float] = field(default_factory=lambda: [20.0, 50.0])
-    # EMA teacher (§1): constant decay, parameters only, from the stage-3 start
-    ema_decay: float = 0.995
+    # EMA teacher (§1): constant decay, parameters only, from the stage-3 start; "auto" = time constant
+    # max_steps / 40, at most the reference's 200 steps (0.995; the ELN experiments set 0.995)
+    ema_decay: Any = "auto"
     ema_average_buffers: bool = False
     # pseudo-labelling networks: BN in train mode (batch statistics; reference) or eval mode;
     # their dropouts are always off (the reference's gt_mode)
@@ -325,8 +329,9 @@ class UniMatchV2Config:
     # loss = labeled_weight * L_x + unlabeled_weight * (L_s1 + L_s2) / 2  (unimatch_v2.py:202-204: 1/2 and 1/2)
     labeled_weight: float = 0.5
     unlabeled_weight: float = 0.5
-    # EMA teacher: d = min(1 - 1/(step+1), ema_decay) (ema_warmup), parameters and buffers (unimatch_v2.py:221-226)
-    ema_decay: float = 0.996
+    # EMA teacher: d = min(1 - 1/(step+1), ema_decay) (ema_warmup), parameters and buffers (unimatch_v2.py:221-226);
+    # "auto" = time constant max_steps / 40, at most the reference's 250 steps (0.996; the experiments set 0.996)
+    ema_decay: Any = "auto"
     ema_warmup: bool = True
     ema_average_buffers: bool = True
     # the teacher pseudo-labels in eval mode (unimatch_v2.py:88-91)

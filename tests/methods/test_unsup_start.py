@@ -29,7 +29,7 @@ def test_ael_warmup_then_sigmoid_ramp_while_banks_and_teacher_update(compose_cfg
     cfg = compose_cfg(["+experiment=ael_synthscapes", *tiny_overrides(synth_root, tmp_path),
                        "trainer.max_steps=5", "trainer.val_check_interval=5", "trainer.log_every_n_steps=1",
                        "method.unsup_warmup_steps=2", "method.unsup_rampup_steps=2", "method.ael.threshold=0.0",
-                       "method.ael.bank_momentum=0.5"])
+                       "method.ael.bank_momentum=0.5", "method.ael.labeled_consistency=true"])
     run_task(cfg)
     rows = _train_rows(tmp_path, "train/unsup_weight")
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4]
@@ -61,3 +61,27 @@ def test_eln_ramp_counts_from_the_stage3_start(compose_cfg, synth_root, tmp_path
     rows = _train_rows(tmp_path, "train/unsup_weight")
     assert [int(r["step"]) for r in rows] == [2, 3]
     assert [float(r["train/unsup_weight"]) for r in rows] == pytest.approx([math.exp(-5), math.exp(-1.25)])
+
+
+def test_ema_decay_auto_gives_each_method_a_schedule_sized_teacher_and_the_reference_on_long_runs(tmp_path):
+    """`ema_decay: auto` (ops/ema.ema_decay_for_schedule) reaches the EMATeacher callback of AEL, ELN and
+    UniMatch V2: time constant max_steps / 40 (400 steps -> 0.9), capped at each method's official decay;
+    a number is used as it is; a bad value is refused naming the key."""
+    from semiseg_lit.callbacks.ema_teacher import EMATeacher
+    from tests.methods.test_ael import _compose_method as ael_method
+    from tests.methods.test_eln import make_method as eln_method
+    from tests.methods.test_unimatch_v2 import _method as uv2_method
+
+    def teacher_decay(method):
+        (ema,) = [c for c in method.configure_callbacks() if isinstance(c, EMATeacher)]
+        return ema.decay
+
+    assert teacher_decay(ael_method(tmp_path, "trainer.max_steps=400")) == pytest.approx(0.9)
+    assert teacher_decay(ael_method(tmp_path, "trainer.max_steps=40000")) == pytest.approx(0.99)
+    assert teacher_decay(ael_method(tmp_path, "trainer.max_steps=400", "method.ael.ema_decay=0.99")) == 0.99
+    assert teacher_decay(eln_method(tmp_path, ["trainer.max_steps=400"])) == pytest.approx(0.9)
+    assert teacher_decay(eln_method(tmp_path, ["trainer.max_steps=40000"])) == pytest.approx(0.995)
+    assert teacher_decay(uv2_method(tmp_path, "trainer.max_steps=400")) == pytest.approx(0.9)
+    assert teacher_decay(uv2_method(tmp_path, "trainer.max_steps=40000")) == pytest.approx(0.996)
+    with pytest.raises(ValueError, match=r"method\.ael\.ema_decay=1\.5"):
+        ael_method(tmp_path, "method.ael.ema_decay=1.5")

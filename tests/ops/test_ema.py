@@ -55,3 +55,33 @@ def test_fused_update_equals_the_per_parameter_loop():
         assert torch.allclose(p_t, d * ref[name] + (1 - d) * p_s, atol=1e-6), name
     for name, buf in t.named_buffers():  # BN statistics are the teacher's own (reference)
         assert torch.equal(buf, ref[name]), name
+
+
+def test_auto_ema_decay_follows_the_schedule_and_is_the_reference_for_long_ones():
+    from semiseg_lit.ops.ema import ema_decay_for_schedule
+
+    # T = clip(max_steps / 40, 1, 1 / (1 - reference)), d = 1 - 1/T
+    assert ema_decay_for_schedule(400, 0.99) == pytest.approx(0.9)       # T = 10
+    assert ema_decay_for_schedule(800, 0.99) == pytest.approx(0.95)      # T = 20
+    assert ema_decay_for_schedule(2000, 0.99) == pytest.approx(0.98)     # T = 50
+    assert ema_decay_for_schedule(20, 0.99) == 0.0                       # T clipped to 1: teacher = student
+    # every reference schedule gets exactly the official cap: AEL 0.99 (T 100) from 4000 steps,
+    # ELN 0.995 (T 200) from 8000, UniMatch V2 0.996 (T 250) from 10000
+    for steps in (4000, 18600, 40000):
+        assert ema_decay_for_schedule(steps, 0.99) == pytest.approx(0.99, abs=1e-12)
+    assert ema_decay_for_schedule(8000, 0.995) == pytest.approx(0.995, abs=1e-12)
+    assert ema_decay_for_schedule(4000, 0.995) == pytest.approx(0.99)    # T = 100 < 200
+    assert ema_decay_for_schedule(10000, 0.996) == pytest.approx(0.996, abs=1e-12)
+
+
+def test_resolve_ema_decay_accepts_auto_and_numbers_and_names_the_key_otherwise():
+    from semiseg_lit.ops.ema import resolve_ema_decay
+
+    assert resolve_ema_decay("auto", 400, "method.ael.ema_decay", 0.99) == pytest.approx(0.9)
+    assert resolve_ema_decay(0.99, 400, "method.ael.ema_decay", 0.99) == 0.99
+    assert resolve_ema_decay(0, 400, "method.ael.ema_decay", 0.99) == 0.0
+    for bad in ("fast", 1.0, -0.1, True, None):
+        with pytest.raises(ValueError, match=r"method\.eln\.ema_decay=.*0\.995 \(the reference\)"):
+            resolve_ema_decay(bad, 400, "method.eln.ema_decay", 0.995)
+    with pytest.raises(ValueError, match=r"method\.ael\.ema_decay=auto .*trainer\.max_steps=-1"):
+        resolve_ema_decay("auto", -1, "method.ael.ema_decay", 0.99)

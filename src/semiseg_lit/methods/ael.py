@@ -52,6 +52,7 @@ from semiseg_lit.methods.base import SegMethod
 from semiseg_lit.ops.confidence import copy_paste_class_probs, equalization_keep_rate, resolve_bank_momentum
 from semiseg_lit.ops.copy_paste import adaptive_copy_paste, draw_paste_classes
 from semiseg_lit.ops.cutmix import cutmix_masks, mix, random_box_masks
+from semiseg_lit.ops.ema import resolve_ema_decay
 from semiseg_lit.ops.losses import (
     class_argmax,
     ohem_cross_entropy_per_group,
@@ -66,6 +67,9 @@ from semiseg_lit.ops.virtual_ranks import (
     roll_within_groups,
     virtual_rank_generators,
 )
+
+# the official EMA cap (ael.md §2; U2PL/AEL train.py: ema_decay = min(1 - 1/(iter+1), 0.99)); `auto` caps there
+REFERENCE_EMA_DECAY = 0.99
 
 
 class AELMethod(SegMethod):
@@ -88,8 +92,10 @@ class AELMethod(SegMethod):
             raise ValueError(f"method.ael.virtual_ranks={self.ael.virtual_ranks}: expected the number of GPUs "
                              "to emulate (>= 1; 1 = one per device, the reference experiments: 8)")
         # the confidence bank's EMA momentum (`auto`: time constant max_steps / 16, at most the reference's 0.999)
-        self.bank_momentum = resolve_bank_momentum(self.ael.bank_momentum,
-                                                   int(OmegaConf.select(cfg, "trainer.max_steps", default=-1)))
+        max_steps = int(OmegaConf.select(cfg, "trainer.max_steps", default=-1))
+        self.bank_momentum = resolve_bank_momentum(self.ael.bank_momentum, max_steps)
+        # the EMA teacher's cap (`auto`: time constant max_steps / 40, at most the reference's 0.99)
+        self.ema_decay = resolve_ema_decay(self.ael.ema_decay, max_steps, "method.ael.ema_decay", REFERENCE_EMA_DECAY)
         if self.ael.student_view not in ("weak", "strong"):
             raise ValueError(f"method.ael.student_view={self.ael.student_view!r}: expected 'weak' or 'strong'")
         ignore_list = self.ael.copy_paste_ignore_classes
@@ -106,7 +112,9 @@ class AELMethod(SegMethod):
 
     def on_fit_start(self) -> None:
         rank_zero_info(f"AEL: confidence-bank momentum {self.bank_momentum:.4g} (time constant "
-                       f"{1.0 / max(1.0 - self.bank_momentum, 1e-12):.0f} steps); {self.describe_unsup_start()}")
+                       f"{1.0 / max(1.0 - self.bank_momentum, 1e-12):.0f} steps); EMA teacher decay "
+                       f"{self.ema_decay:.4g} (time constant {1.0 / max(1.0 - self.ema_decay, 1e-12):.0f} steps); "
+                       f"{self.describe_unsup_start()}")
 
     @classmethod
     def required_streams(cls, cfg: DictConfig) -> tuple[str, ...]:
@@ -147,7 +155,7 @@ class AELMethod(SegMethod):
                 "the run would emulate no real GPU layout. Set method.ael.cutmix_bank_sync=true (one bank for "
                 "all, the clean choice) or virtual_ranks equal to the number of devices")
         callbacks: list[Callback] = [
-            EMATeacher(decay=a.ema_decay, warmup=a.ema_warmup, average_buffers=a.ema_average_buffers),
+            EMATeacher(decay=self.ema_decay, warmup=a.ema_warmup, average_buffers=a.ema_average_buffers),
             ConfidenceBank(self.num_classes, self.class_info.names, momentum=self.bank_momentum, absent=a.bank_absent,
                            init=a.bank_init, sync=a.bank_sync, seed=int(self.cfg.seed),
                            ignore_index=self.ignore_index, log_every_n_steps=int(self.cfg.trainer.log_every_n_steps),

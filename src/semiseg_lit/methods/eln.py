@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from segmentation_models_pytorch.base import SegmentationHead
@@ -64,6 +64,7 @@ from semiseg_lit.models.deeplab import SegOutput
 from semiseg_lit.models.eln_net import ErrorLocalizationNet, dropout_disabled
 from semiseg_lit.models.reference_nets import ReferenceELN
 from semiseg_lit.ops.contrastive import pixel_contrastive_loss
+from semiseg_lit.ops.ema import resolve_ema_decay
 from semiseg_lit.ops.eln_targets import aux_decoder_gate, balanced_bce_loss, eln_pseudo_labels, eln_targets
 from semiseg_lit.ops.losses import class_argmax
 from semiseg_lit.ops.metrics import segmentation_scores
@@ -224,6 +225,10 @@ def build_eln_network(e: DictConfig, num_classes: int) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------- method
+# the official constant EMA decay (eln.md §1); `auto` caps there
+REFERENCE_EMA_DECAY = 0.995
+
+
 class ELNMethod(SegMethod):
     """Student + teacher (EMA) DeepLabV3+ with projection head, K aux decoders and an ELN (module docstring)."""
 
@@ -247,6 +252,9 @@ class ELNMethod(SegMethod):
         super().__init__(cfg, class_info)
         e = self.e = cfg.method.eln
         eln_stage(0, int(e.pretrain_steps), int(e.eln_steps))  # validates the boundaries
+        # the EMA teacher's constant decay (`auto`: time constant max_steps / 40, at most the reference's 0.995)
+        self.ema_decay = resolve_ema_decay(e.ema_decay, int(OmegaConf.select(cfg, "trainer.max_steps", default=-1)),
+                                           "method.eln.ema_decay", REFERENCE_EMA_DECAY)
         factors = [float(f) for f in e.aux_gate_factors]
         if not factors or min(factors) < 0:
             raise ValueError(f"method.eln.aux_gate_factors={factors}: expected one factor >= 0 per aux decoder")
@@ -311,7 +319,7 @@ class ELNMethod(SegMethod):
     def configure_callbacks(self) -> list[Callback]:
         """The EMA-teacher callback, built once (Lightning calls this for every ``fit``/``validate``)."""
         if self._method_callbacks is None:
-            self._method_callbacks = [EMATeacher(decay=float(self.e.ema_decay), warmup=False,
+            self._method_callbacks = [EMATeacher(decay=self.ema_decay, warmup=False,
                                                  average_buffers=bool(self.e.ema_average_buffers),
                                                  start_step=self.stage3_start)]
         return list(self._method_callbacks)

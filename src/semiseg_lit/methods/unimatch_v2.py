@@ -37,6 +37,7 @@ from semiseg_lit.data.labels import ClassInfo
 from semiseg_lit.methods.base import SegMethod
 from semiseg_lit.ops.complementary_dropout import complementary_channel_dropout
 from semiseg_lit.ops.cutmix_boxes import cutmix_box_masks, cutmix_box_noise_width, paste_from_partner
+from semiseg_lit.ops.ema import resolve_ema_decay
 from semiseg_lit.ops.losses import (
     confident_pseudo_label_loss_per_group,
     ohem_cross_entropy_per_group,
@@ -46,6 +47,10 @@ from semiseg_lit.ops.losses import (
 from semiseg_lit.ops.virtual_ranks import groups_per_device, rand_per_group, virtual_rank_generators
 
 Features = list[torch.Tensor]
+
+
+# the official EMA cap (unimatch_v2.py:221); `auto` caps there
+REFERENCE_EMA_DECAY = 0.996
 
 
 class UniMatchV2Method(SegMethod):
@@ -59,6 +64,9 @@ class UniMatchV2Method(SegMethod):
             raise ValueError("method=unimatch_v2 needs the method.unimatch_v2 config node (conf/method/unimatch_v2.yaml)")
         self.uv2 = u
         self._check_options(u)
+        # the EMA teacher's cap (`auto`: time constant max_steps / 40, at most the reference's 0.996)
+        self.ema_decay = resolve_ema_decay(u.ema_decay, int(OmegaConf.select(cfg, "trainer.max_steps", default=-1)),
+                                           "method.unimatch_v2.ema_decay", REFERENCE_EMA_DECAY)
         if u.feature_dropout and "feature_transform" not in inspect.signature(self.student.forward_all).parameters:
             raise ValueError(
                 f"method.unimatch_v2.feature_dropout=true needs a network whose forward_all takes feature_transform; "
@@ -93,7 +101,7 @@ class UniMatchV2Method(SegMethod):
             rank_zero_warn("method=unimatch_v2 with data.augment.strong=[]: both strong views equal the weak view "
                            "(only CutMix and the feature dropout perturb them). The unimatch_v2_* experiments set the "
                            "official colour jitter / grayscale / blur (docs/unimatch_v2.md §2)")
-        rank_zero_info(f"UniMatch V2: tau {self.uv2.conf_thresh}, EMA cap {self.uv2.ema_decay}, "
+        rank_zero_info(f"UniMatch V2: tau {self.uv2.conf_thresh}, EMA cap {self.ema_decay:.4g}, "
                        f"{self.groups} emulated GPU(s) per device; {self.describe_unsup_start()}")
 
     # ------------------------------------------------------------------ data and callbacks
@@ -119,7 +127,7 @@ class UniMatchV2Method(SegMethod):
         """The EMA-teacher callback, built once (Lightning asks for every fit / validate)."""
         if self._method_callbacks is None:
             u = self.uv2
-            self._method_callbacks = [EMATeacher(decay=float(u.ema_decay), warmup=bool(u.ema_warmup),
+            self._method_callbacks = [EMATeacher(decay=self.ema_decay, warmup=bool(u.ema_warmup),
                                                  average_buffers=bool(u.ema_average_buffers))]
         return list(self._method_callbacks)
 
