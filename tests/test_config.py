@@ -131,19 +131,28 @@ def test_reference_experiments_keep_the_official_bank_momentum_and_no_warmup(com
     if cfg.method.name == "ael":
         assert cfg.method.ael.bank_momentum == 0.999  # explicit in the experiment file
         assert resolve_bank_momentum(cfg.method.ael.bank_momentum, steps) == 0.999
+    # the official EMA teacher decay, explicit in the experiment file (the method default is auto)
+    official_ema = {"ael": 0.99, "eln": 0.995, "unimatch_v2": 0.996}
+    if cfg.method.name in official_ema:
+        assert cfg.method[cfg.method.name].ema_decay == official_ema[cfg.method.name]
     assert resolve_start_steps(cfg.method.unsup_warmup_steps, cfg.method.unsup_rampup_steps, steps) == (0, 0)
 
 
-@pytest.mark.parametrize(("name", "start"), [("ael_synthscapes", (50, 100)), ("eln_synthscapes", (0, 100))])
+@pytest.mark.parametrize(("name", "start"), [("ael_synthscapes", (40, 80)), ("eln_synthscapes", (0, 80))])
 def test_short_synthscapes_schedules_get_a_supervised_start_and_a_short_bank(compose_cfg, name, start):
+    """320 steps: warm-up 320 // 8, ramp 320 // 4; bank T = 20 (0.95); EMA teacher T = 8 (0.875)."""
     from semiseg_lit.ops.confidence import resolve_bank_momentum
+    from semiseg_lit.ops.ema import resolve_ema_decay
     from semiseg_lit.ops.rampup import resolve_start_steps
 
     cfg = compose_cfg([f"+experiment={name}"])
     steps = int(cfg.trainer.max_steps)
+    assert steps == 320
     assert resolve_start_steps(cfg.method.unsup_warmup_steps, cfg.method.unsup_rampup_steps, steps) == start
+    node = cfg.method[cfg.method.name]
+    assert resolve_ema_decay(node.ema_decay, steps, "ema_decay", 0.99) == pytest.approx(0.875)
     if cfg.method.name == "ael":
-        assert resolve_bank_momentum(cfg.method.ael.bank_momentum, steps) == pytest.approx(0.96)
+        assert resolve_bank_momentum(cfg.method.ael.bank_momentum, steps) == pytest.approx(0.95)
 
 
 def test_bank_momentum_takes_auto_or_a_number_and_a_bad_value_names_the_key(compose_cfg, synth_root, tmp_path):

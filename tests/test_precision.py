@@ -141,7 +141,7 @@ def test_ema_keeps_float32_teacher_under_bf16_autocast():
 TINY_ELN = [f"{k}=tu-mobilenetv3_small_050" for k in ("model.encoder", "method.eln.encoder")] + [
     "model.decoder_channels=16", "method.eln.decoder_channels=16", "method.eln.n_crops=2", "method.eln.crop_size=4",
     "method.eln.pretrain_steps=0", "method.eln.eln_steps=1"]  # step 0: stage 2, step 1: stage 3
-EXPERIMENTS = {"supervised": [], "ael": [], "eln": TINY_ELN}
+EXPERIMENTS = {"supervised": [], "ael": ["method.ael.labeled_consistency=true"], "eln": TINY_ELN}
 
 
 def logged_losses(out) -> dict[str, list[float]]:

@@ -34,7 +34,8 @@ RUN = ["+experiment=ael_synthscapes", "trainer.max_steps=3", "trainer.val_check_
        "callbacks.rich_progress=false", "method.ael.virtual_ranks=2", "method.ael.bank_sync=false",
        "method.ael.sampling_shared_noise=true", "method.loss.ohem_min_kept=3000",
        "data.labeled_batch_size=4", "data.unlabeled_batch_size=4", "method.ael.copy_paste_prob=1.0",
-       "model.aux_head=true", "method.ael.threshold=0.0", "method.ael.bank_momentum=0.5"]
+       "model.aux_head=true", "method.ael.threshold=0.0", "method.ael.bank_momentum=0.5",
+       "method.ael.labeled_consistency=true"]
 
 
 class RecordSteps(Callback):

@@ -76,7 +76,7 @@ def test_unknown_task_is_named(compose_cfg, synth_root, tmp_path):
 @pytest.mark.parametrize("switches", [
     ["method.ael.copy_paste=false", "method.ael.cutmix_adaptive=false", "method.ael.sampling=false",
      "method.ael.reweight=false"],  # the CutMix-Seg-like basic framework of Table 3
-    ["method.ael.cutmix=false", "method.ael.labeled_consistency=false", "method.ael.sampling_shared_noise=true",
+    ["method.ael.cutmix=false", "method.ael.labeled_consistency=true", "method.ael.sampling_shared_noise=true",
      "method.ael.loss_normalize=image", "method.ael.threshold=0.7"],
     # the same two variants with 2 emulated GPUs (random boxes inside each GPU's batch; CE per GPU)
     ["method.ael.copy_paste=false", "method.ael.cutmix_adaptive=false", "method.ael.virtual_ranks=2",
