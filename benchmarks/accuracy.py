@@ -6,6 +6,8 @@ Each row trains the same network, data, split, augmentation, schedule and evalua
 
     python benchmarks/accuracy.py [--seeds 0 1 2] [--rows ...] [--jobs 2] [--steps N] [--model experiment|tiny-vit-dpt]
         [--out results.json] [-- overrides]
+    python benchmarks/accuracy.py --row-seeds ELN=0          # an expensive row for fewer seeds
+    python benchmarks/accuracy.py --merge a.json b.json     # one table from several --out files
 
 ``--jobs 2`` (the default) trains two runs at a time with one intra-op thread each (the 2-core
 machine's cores split between them): on small CPU tensors this gives more runs per hour than one run on
@@ -90,6 +92,19 @@ def tables(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list[Path]) -> dict[str, list[dict]]:
+    """The rows of several ``--out`` files, in first-seen row order; a (row, seed) twice is refused."""
+    results: dict[str, list[dict]] = {}
+    for path in paths:
+        for name, runs in json.loads(path.read_text()).items():
+            row = results.setdefault(name, [])
+            for m in runs:
+                if any(r["seed"] == m["seed"] for r in row):
+                    raise SystemExit(f"--merge: {name!r} seed {m['seed']} is in more than one file ({path})")
+                row.append(m)
+    return {name: sorted(runs, key=lambda m: m["seed"]) for name, runs in results.items() if runs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -100,10 +115,25 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (cores split evenly)")
     ap.add_argument("--out-dir", type=Path, default=Path("logs/benchmarks/accuracy"))
     ap.add_argument("--out", type=Path, default=None, help="write all results as JSON")
+    ap.add_argument("--row-seeds", nargs="+", default=[], metavar="ROW=S,S",
+                    help="fewer seeds for a row than --seeds, e.g. ELN=0 (an expensive row); the row must be in --rows")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="train nothing: print the tables of the runs in these --out files together (e.g. a "
+                         "row run for fewer seeds than the others); a (row, seed) in several files is an error")
     ap.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args()
+    if args.merge:
+        print(tables(merge(args.merge)))
+        return
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
-    jobs = [(name, seed) for seed in args.seeds for name in args.rows]  # seed-major: early rows finish together
+    row_seeds = {}
+    for item in args.row_seeds:
+        name, _, seeds = item.partition("=")
+        if name not in args.rows or not seeds:
+            raise SystemExit(f"--row-seeds {item!r}: expected ROW=S[,S...] with ROW one of --rows {args.rows}")
+        row_seeds[name] = [int(x) for x in seeds.split(",")]
+    # seed-major: early rows finish together
+    jobs = [(name, seed) for seed in args.seeds for name in args.rows if seed in row_seeds.get(name, args.seeds)]
     t0 = time.time()
     results: dict[str, list[dict]] = {name: [] for name in args.rows}
 
@@ -117,10 +147,10 @@ def main() -> None:
             results[name].append(m)
             print(f"{name:22s} seed {m['seed']}: mIoU {100 * m['miou']:.2f}  head {100 * m['head_miou']:.2f}  "
                   f"tail {100 * m['tail_miou']:.2f}  ({m['seconds']:.0f} s)", flush=True)
+            if args.out:  # after every run: an interrupted table keeps what finished (--merge reads it)
+                args.out.write_text(json.dumps({k: v for k, v in results.items() if v}, indent=2))
     print(f"\nnetwork: {args.model}; {len(jobs)} runs in {time.time() - t0:.0f} s ({args.jobs} at a time, {threads} thread(s) each)\n")
-    print(tables(results))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+    print(tables({k: v for k, v in results.items() if v}))
 
 
 if __name__ == "__main__":
