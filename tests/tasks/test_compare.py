@@ -58,7 +58,7 @@ def test_eln_budget_settings_follow_the_comparison_budget(compose_cfg):
     assert (longer.pretrain_steps, longer.eln_steps) == (2500, 2500)
     # outside a comparison, ELN keeps its reference stage boundaries
     assert compose_cfg(["method=eln"]).method.eln.pretrain_steps == 18620
-    assert compose_cfg(["+experiment=eln_synthscapes"]).method.eln.pretrain_steps == 100
+    assert compose_cfg(["+experiment=eln_synthscapes"]).method.eln.pretrain_steps == 80
 
 
 def test_other_methods_get_no_foreign_nodes(compose_cfg):
