@@ -19,6 +19,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from semiseg_lit.ops.ema import decay_for_schedule, resolve_schedule_decay
+
 __all__ = [
     "class_confidence",
     "update_confidence_bank",
@@ -110,7 +112,7 @@ def update_confidence_bank(
 # the official momentum 0.999 is a time constant of 1 / (1 - 0.999) = 1000 steps; `auto` uses a time
 # constant of max_steps / 16 steps, capped there (so every schedule of >= 16000 steps, every reference
 # AEL schedule (18600-52480 steps) included, gets exactly 0.999)
-BANK_REFERENCE_TIME_CONSTANT = 1000
+BANK_REFERENCE_MOMENTUM = 0.999
 BANK_TIME_CONSTANT_FRACTION = 1.0 / 16.0
 
 
@@ -124,26 +126,14 @@ def bank_momentum_for_schedule(max_steps: int) -> float:
     800 -> 0.98, 4000 -> 0.996. Issue 16: with 0.999 a 400-step run keeps ``0.999^400 = 67 %`` of the
     random initial bank.
     """
-    if max_steps <= 0:
-        raise ValueError(f"trainer.max_steps={max_steps}: the automatic bank momentum needs a finite schedule")
-    time_constant = min(max(max_steps * BANK_TIME_CONSTANT_FRACTION, 1.0), float(BANK_REFERENCE_TIME_CONSTANT))
-    return 1.0 - 1.0 / time_constant
+    return decay_for_schedule(max_steps, BANK_TIME_CONSTANT_FRACTION, BANK_REFERENCE_MOMENTUM)
 
 
 def resolve_bank_momentum(value: object, max_steps: int) -> float:
     """``method.ael.bank_momentum`` (``auto`` or a number in [0, 1)) as a float for a run of ``max_steps``
     steps; ``ValueError`` naming the key otherwise."""
-    if isinstance(value, str) and value == "auto":
-        if max_steps <= 0:
-            raise ValueError(
-                f"method.ael.bank_momentum=auto sizes the confidence bank's time constant to trainer.max_steps, "
-                f"but trainer.max_steps={max_steps} (no limit): set trainer.max_steps, or a momentum, e.g. "
-                f"method.ael.bank_momentum=0.999 (the reference)")
-        return bank_momentum_for_schedule(max_steps)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= float(value) < 1.0:
-        return float(value)
-    raise ValueError(f"method.ael.bank_momentum={value!r}: expected 'auto' (time constant max_steps / 16, at "
-                     f"most the reference's 0.999) or a momentum in [0, 1), e.g. 0.999 (the reference)")
+    return resolve_schedule_decay(value, max_steps, "method.ael.bank_momentum", BANK_TIME_CONSTANT_FRACTION,
+                                  BANK_REFERENCE_MOMENTUM, "the confidence bank")
 
 
 def _ignore_mask(ignore_classes: Tensor | Sequence[int], num_classes: int, device: torch.device) -> Tensor:

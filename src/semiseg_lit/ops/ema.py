@@ -11,6 +11,40 @@ import torch
 from torch import nn
 
 
+def decay_for_schedule(max_steps: int, fraction: float, reference_decay: float) -> float:
+    """An EMA decay whose time constant follows the schedule, capped at the reference's (issue 16).
+
+    ``T = clip(max_steps * fraction, 1, 1 / (1 - reference_decay))`` steps and ``d = 1 - 1/T``. Serves the
+    EMA teacher (:func:`ema_decay_for_schedule`) and AEL's confidence bank
+    (``ops/confidence.bank_momentum_for_schedule``).
+    """
+    if max_steps <= 0:
+        raise ValueError(f"trainer.max_steps={max_steps}: an automatic EMA decay needs a finite schedule")
+    if not 0.0 <= reference_decay < 1.0:
+        raise ValueError(f"reference_decay={reference_decay}: expected a value in [0, 1)")
+    reference_time_constant = 1.0 / (1.0 - reference_decay)
+    time_constant = min(max(max_steps * fraction, 1.0), reference_time_constant)
+    return 1.0 - 1.0 / time_constant
+
+
+def resolve_schedule_decay(value: object, max_steps: int, key: str, fraction: float, reference_decay: float,
+                           what: str) -> float:
+    """``key`` (``auto`` or a number in [0, 1)) as a float for a run of ``max_steps`` steps (``auto``:
+    :func:`decay_for_schedule`); ``ValueError`` naming the key and the reference value otherwise.
+    ``what`` names the averaged quantity in the message (e.g. "the EMA teacher")."""
+    if isinstance(value, str) and value == "auto":
+        if max_steps <= 0:
+            raise ValueError(
+                f"{key}=auto sizes {what}'s time constant to trainer.max_steps, but "
+                f"trainer.max_steps={max_steps} (no limit): set trainer.max_steps, or a number, e.g. "
+                f"{key}={reference_decay:g} (the reference)")
+        return decay_for_schedule(max_steps, fraction, reference_decay)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= float(value) < 1.0:
+        return float(value)
+    raise ValueError(f"{key}={value!r}: expected 'auto' (time constant max_steps / {1 / fraction:g}, at most the "
+                     f"reference's {reference_decay:g}) or a number in [0, 1), e.g. {reference_decay:g} (the reference)")
+
+
 # `ema_decay: auto` (issue 16): the teacher's time constant T = 1 / (1 - d) follows the schedule,
 # T = clip(max_steps / 40, 1, T_reference): 400 steps -> T = 10 (0.9); the reference time constant
 # (AEL 0.99 -> 100 steps, ELN 0.995 -> 200, UniMatch V2 0.996 -> 250) from 4000 / 8000 / 10000 steps on,
@@ -29,29 +63,13 @@ def ema_decay_for_schedule(max_steps: int, reference_decay: float) -> float:
     the supervised row at the end; with T = 10 it is 3 mIoU ahead (BENCHMARKS.md, issue 16, seed 0).
     Examples (reference 0.99): 400 steps -> 0.9, 800 -> 0.95, >= 4000 -> 0.99.
     """
-    if max_steps <= 0:
-        raise ValueError(f"trainer.max_steps={max_steps}: the automatic EMA decay needs a finite schedule")
-    if not 0.0 <= reference_decay < 1.0:
-        raise ValueError(f"reference_decay={reference_decay}: expected a value in [0, 1)")
-    reference_time_constant = 1.0 / (1.0 - reference_decay)
-    time_constant = min(max(max_steps * EMA_TIME_CONSTANT_FRACTION, 1.0), reference_time_constant)
-    return 1.0 - 1.0 / time_constant
+    return decay_for_schedule(max_steps, EMA_TIME_CONSTANT_FRACTION, reference_decay)
 
 
 def resolve_ema_decay(value: object, max_steps: int, key: str, reference_decay: float) -> float:
-    """``key`` (``auto`` or a decay in [0, 1)) as a float for a run of ``max_steps`` steps; ``ValueError``
-    naming the key and the reference value otherwise."""
-    if isinstance(value, str) and value == "auto":
-        if max_steps <= 0:
-            raise ValueError(
-                f"{key}=auto sizes the EMA teacher's time constant to trainer.max_steps, but "
-                f"trainer.max_steps={max_steps} (no limit): set trainer.max_steps, or a decay, e.g. "
-                f"{key}={reference_decay:g} (the reference)")
-        return ema_decay_for_schedule(max_steps, reference_decay)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= float(value) < 1.0:
-        return float(value)
-    raise ValueError(f"{key}={value!r}: expected 'auto' (time constant max_steps / 40, at most the "
-                     f"reference's) or a decay in [0, 1), e.g. {reference_decay:g} (the reference)")
+    """``key`` (``auto`` or a decay in [0, 1)) as a float for a run of ``max_steps`` steps."""
+    return resolve_schedule_decay(value, max_steps, key, EMA_TIME_CONSTANT_FRACTION, reference_decay,
+                                  "the EMA teacher")
 
 
 def ema_decay(step: int, max_decay: float, warmup: bool = True) -> float:
