@@ -43,6 +43,9 @@ class SynthscapesConfig:
     # labeled split lists drawn only from the images of styles 0..K-1 (null: all styles); the other styles
     # are then seen only in the unlabeled images
     labeled_styles: int | None = None
+    # "shared": every style uses the same class textures (v2); "permuted": each style permutes which class
+    # wears which texture, so an unlabeled-only style's textures are information no augmentation invents
+    style_textures: str = "shared"
 
 
 @dataclass

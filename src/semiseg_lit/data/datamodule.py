@@ -222,7 +222,8 @@ class SemiSegDataModule(pl.LightningDataModule):
         return ensure_synthscapes(Path(self.cfg.root), n_train=s.n_train, n_val=s.n_val, height=s.height,
                                   width=s.width, n_styles=s.n_styles, seed=s.seed, labeled_counts=counts,
                                   tail_scale=float(s.get("tail_scale", 1.0)),
-                                  labeled_styles=s.get("labeled_styles"))
+                                  labeled_styles=s.get("labeled_styles"),
+                                  style_textures=str(s.get("style_textures", "shared")))
 
     def _synthscapes_counts(self) -> tuple[int, ...]:
         """The standard labeled counts that fit the labeled pool (all of train, or the labeled styles)."""

@@ -11,6 +11,13 @@ v2 adds 16 fixed *styles* ("cities", §4.1 (b)): each style rescales every class
 frequency (x0.6-1.7), rotates its orientation (+-0.6 rad) and redraws its colour (sd 0.22),
 so each style is a small domain that only the unlabeled data covers when labels are few.
 
+``style_textures="permuted"`` (v2.2) also gives each style its own assignment of the ten texture
+cues to the ten classes (a seeded permutation per style): road may wear the window grid in one city
+and the fine grating in another. Geometry (layout, shapes, sizes) is shared by every style, so a
+network can only tell the classes of an unseen style apart by where and what shape they are, and the
+texture of a withheld style is information that only its unlabeled images carry (no augmentation
+invents it). ``"shared"`` (the default) keeps the v2 table: every style uses the same class textures.
+
 On disk the dataset uses the exact Cityscapes layout with style-as-city (§1.1) and UniMatch split
 lists (§2.2, §2.3); see :func:`generate_synthscapes` and :func:`ensure_synthscapes`.
 
@@ -46,6 +53,7 @@ __all__ = [
     "IGNORE_INDEX",
     "SYNTHSCAPES",
     "Style",
+    "STYLE_TEXTURES",
     "make_styles",
     "style_name",
     "image_rng",
@@ -62,7 +70,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "synthscapes-v2.1"
+GENERATOR_VERSION = "synthscapes-v2.2"
+STYLE_TEXTURES = ("shared", "permuted")
 IGNORE_INDEX = 255
 REF_SIZE = 64  # texture periods are given in pixels of a 64-px reference grid (resolution independent)
 MIN_SIZE = 16
@@ -87,6 +96,7 @@ SYNTHSCAPES = ClassInfo(
 _SPLIT_KEYS = {"train": 0, "val": 1}
 _STYLE_KEY = 2
 _PARTITION_KEY = 3
+_TEXTURE_PERM_KEY = 4
 
 
 # ----------------------------------------------------------------------------------------- textures
@@ -142,12 +152,15 @@ _BLOCK_TABLE = 64  # size of the random value table behind the blocky-noise text
 
 @dataclass(frozen=True)
 class Style:
-    """A "city" (§4.1 (b)): per-class texture frequency scale, orientation offset (rad) and RGB colour."""
+    """A "city" (§4.1 (b)): per-class texture frequency scale, orientation offset (rad) and RGB colour;
+    ``texture_of[c]`` = which entry of the texture table class c wears (identity unless the styles
+    permute textures)."""
 
     name: str
     freq_scale: tuple[float, ...]
     angle_offset: tuple[float, ...]
     colours: tuple[tuple[float, float, float], ...]
+    texture_of: tuple[int, ...] = tuple(range(NUM_CLASSES))
 
 
 def style_name(k: int) -> str:
@@ -155,27 +168,38 @@ def style_name(k: int) -> str:
     return f"style{k:02d}"
 
 
-def make_styles(n_styles: int, seed: int) -> list[Style]:
+def make_styles(n_styles: int, seed: int, textures: str = "shared") -> list[Style]:
     """The ``n_styles`` fixed styles of a dataset seed (§4.1 (b)).
 
     For style k and class c: ``freq_scale = exp(U(log 0.6, log 1.7))``, ``angle_offset = U(-0.6, 0.6)``,
     ``colour = clip(base_c + N(0, 0.22), 0.05, 0.95)``. Style k is drawn from its own seed sequence
     ``(seed, 2, k)``, so the first styles do not change when ``n_styles`` grows.
+
+    ``textures="permuted"``: style k's ``texture_of`` is a permutation of the 10 texture cues drawn from
+    the separate sequence ``(seed, 4, k)`` (so frequencies, angles and colours are those of "shared");
+    class c then wears texture ``texture_of[c]`` with its own base period, orientation and amplitude.
     """
     if int(n_styles) < 1:
         raise ValueError(f"make_styles: n_styles={n_styles}; expected >= 1")
+    if textures not in STYLE_TEXTURES:
+        raise ValueError(f"make_styles: textures={textures!r}; expected one of {list(STYLE_TEXTURES)}")
     styles = []
     for k in range(int(n_styles)):
         rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(_STYLE_KEY, k)))
         scale = np.exp(rng.uniform(math.log(0.6), math.log(1.7), NUM_CLASSES))
         angle = rng.uniform(-0.6, 0.6, NUM_CLASSES)
         colour = np.clip(_BASE_COLOURS + rng.normal(0.0, 0.22, _BASE_COLOURS.shape), 0.05, 0.95)
+        texture_of = tuple(range(NUM_CLASSES))
+        if textures == "permuted":
+            perm_rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(_TEXTURE_PERM_KEY, k)))
+            texture_of = tuple(int(v) for v in perm_rng.permutation(NUM_CLASSES))
         styles.append(
             Style(
                 name=style_name(k),
                 freq_scale=tuple(float(v) for v in scale),
                 angle_offset=tuple(float(v) for v in angle),
                 colours=tuple(tuple(float(v) for v in rgb) for rgb in colour),  # type: ignore[misc]
+                texture_of=texture_of,
             )
         )
     return styles
@@ -467,7 +491,8 @@ def _shade(
     rng: np.random.Generator, style: Style, label: np.ndarray, inst: np.ndarray, inst_colour: np.ndarray
 ) -> np.ndarray:
     """Float RGB image: per-pixel colour (class colour + per-image jitter N(0, 0.05), or the instance
-    colour) plus ``amplitude * texture`` of the pixel's class, with the style's frequency / angle."""
+    colour) plus ``amplitude * texture`` of the texture the style assigns the pixel's class, with the
+    style's frequency / angle."""
     height, width = label.shape
     ys_ref, xs_ref = _ref_coords(height, width)
     colours = np.asarray(style.colours, dtype=np.float32) + rng.normal(0, 0.05, (NUM_CLASSES, 3)).astype(np.float32)
@@ -487,7 +512,7 @@ def _shade(
         lo, hi = bounds[c], bounds[c + 1]
         if lo == hi:
             continue
-        spec = _TEXTURES[c]
+        spec = _TEXTURES[style.texture_of[c]]
         period = spec.period / style.freq_scale[c]
         angle = spec.angle + style.angle_offset[c]
         tex[order[lo:hi]] = spec.amplitude * _texture(spec, period, angle, phases[c], table, yf[lo:hi], xf[lo:hi])
@@ -551,11 +576,11 @@ def _scene(seed: int, split: str, index: int, styles: Sequence[Style], height: i
 
 def iter_scenes(
     n: int, *, height: int = 128, width: int = 128, n_styles: int = 16, seed: int = 0, split: str = "train",
-    start: int = 0, boundary_ignore: bool = False, tail_scale: float = 1.0,
+    start: int = 0, boundary_ignore: bool = False, tail_scale: float = 1.0, style_textures: str = "shared",
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """In-memory ``(style index, image, mask)`` for images ``start .. start + n - 1`` of a split; the
     same pixels :func:`generate_synthscapes` writes for those parameters."""
-    styles = make_styles(n_styles, seed)
+    styles = make_styles(n_styles, seed, style_textures)
     for i in range(start, start + int(n)):
         yield _scene(seed, split, i, styles, height, width, boundary_ignore, tail_scale)
 
@@ -585,7 +610,7 @@ def _generate_chunk(job: tuple[Path, str, int, int, dict[str, Any]]) -> tuple[li
     """Render and write images ``lo .. hi - 1`` of one split (RGB and 'L' PNGs, fast zlib level 1);
     returns their style indices and the (256,) pixel and presence counts."""
     root, split, lo, hi, p = job
-    styles = make_styles(p["n_styles"], p["seed"])
+    styles = make_styles(p["n_styles"], p["seed"], p["style_textures"])
     pixels = np.zeros(256, dtype=np.int64)
     presence = np.zeros(256, dtype=np.int64)
     style_ids = []
@@ -605,7 +630,7 @@ def _generate_chunk(job: tuple[Path, str, int, int, dict[str, Any]]) -> tuple[li
 def _check_params(
     n_train: int, n_val: int, height: int, width: int, n_styles: int, seed: int,
     labeled_counts: Sequence[int], boundary_ignore: bool, tail_scale: float = 1.0,
-    labeled_styles: int | None = None,
+    labeled_styles: int | None = None, style_textures: str = "shared",
 ) -> dict[str, Any]:
     """Validate the generation parameters; returns them normalised (ints, sorted unique counts)."""
     def as_int(key: str, v: Any, lo: int) -> int:
@@ -633,6 +658,9 @@ def _check_params(
     if not ok_scale:
         raise ValueError(f"synthscapes: tail_scale={tail_scale!r}; expected a number in [1, 4]")
     p["tail_scale"] = float(tail_scale)
+    if style_textures not in STYLE_TEXTURES:
+        raise ValueError(f"synthscapes: style_textures={style_textures!r}; expected one of {list(STYLE_TEXTURES)}")
+    p["style_textures"] = str(style_textures)
     p["labeled_styles"] = None if labeled_styles in (None, 0) else as_int("labeled_styles", labeled_styles, 1)
     if p["labeled_styles"] is not None and p["labeled_styles"] > p["n_styles"]:
         raise ValueError(f"synthscapes: labeled_styles={labeled_styles!r}; expected at most n_styles={p['n_styles']}")
@@ -679,7 +707,7 @@ def generate_synthscapes(
     root: Path, *, n_train: int = 1000, n_val: int = 200, height: int = 128, width: int = 128,
     n_styles: int = 16, seed: int = 0, labeled_counts: Sequence[int] = (8, 16, 32, 64),
     boundary_ignore: bool = False, tail_scale: float = 1.0, labeled_styles: int | None = None,
-    num_workers: int = 0,
+    style_textures: str = "shared", num_workers: int = 0,
 ) -> Path:
     """Write a synthscapes dataset into the new or empty folder ``root``; returns ``root``.
 
@@ -695,11 +723,11 @@ def generate_synthscapes(
     """
     root = Path(root)
     p = _check_params(n_train, n_val, height, width, n_styles, seed, labeled_counts, boundary_ignore, tail_scale,
-                      labeled_styles)
+                      labeled_styles, style_textures)
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"generate_synthscapes: {root} exists and is not empty; use ensure_synthscapes to replace it")
     perm = _labeled_order(p)  # checked before any image is rendered
-    styles = make_styles(p["n_styles"], p["seed"])
+    styles = make_styles(p["n_styles"], p["seed"], p["style_textures"])
     for split in ("train", "val"):
         for kind in ("leftImg8bit", "gtFine"):
             for s in styles:
@@ -809,7 +837,7 @@ def ensure_synthscapes(root: Path, **params: Any) -> Path:
     num_workers = int(params.pop("num_workers", 0))
     defaults = {"n_train": 1000, "n_val": 200, "height": 128, "width": 128, "n_styles": 16, "seed": 0,
                 "labeled_counts": (8, 16, 32, 64), "boundary_ignore": False, "tail_scale": 1.0,
-                "labeled_styles": None}
+                "labeled_styles": None, "style_textures": "shared"}
     unknown = set(params) - set(defaults)
     if unknown:
         raise ValueError(f"ensure_synthscapes: unknown parameter(s) {sorted(unknown)}; expected {sorted(defaults)}")
