@@ -27,7 +27,8 @@ from semiseg_lit.__main__ import CONFIG_DIR  # noqa: E402  (registers the schema
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 
-TINY_SYNTH = dict(n_train=40, n_val=12, height=64, width=64, n_styles=4, seed=0, tail_scale=1.0, labeled_styles=None)
+TINY_SYNTH = dict(n_train=40, n_val=12, height=64, width=64, n_styles=4, seed=0, tail_scale=1.0, labeled_styles=None,
+                  style_textures="shared")
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +50,7 @@ def tiny_overrides(synth_root: Path, out: Path) -> list[str]:
         f"data.synthscapes.n_val={s['n_val']}", f"data.synthscapes.height={s['height']}",
         f"data.synthscapes.width={s['width']}", f"data.synthscapes.n_styles={s['n_styles']}",
         f"data.synthscapes.tail_scale={s['tail_scale']}", "data.synthscapes.labeled_styles=null",
-        "data.augment.labeled_strong=false",
+        f"data.synthscapes.style_textures={s['style_textures']}", "data.augment.labeled_strong=false",
         "data.n_labeled=8", "data.crop_size=64", "data.labeled_batch_size=4", "data.unlabeled_batch_size=4",
         "data.val_batch_size=6", "data.num_workers=0", "model.encoder=resnet18", "model.encoder_weights=null",
         "model.decoder_channels=32", "model.aux_channels=32", "trainer.max_steps=2", "trainer.val_check_interval=2",

@@ -313,7 +313,7 @@ def test_synthscapes_cache_folder_is_keyed_by_every_generation_parameter(compose
     roots = {base}
     for f in dataclasses.fields(SynthscapesConfig):
         default = getattr(SynthscapesConfig(), f.name)
-        value = 2 if default is None else default + 1
+        value = 2 if default is None else ("permuted" if isinstance(default, str) else default + 1)
         root = compose_cfg(["data=synthscapes", f"paths.cache_dir={tmp_path}",
                             f"data.synthscapes.{f.name}={value}"]).data.root
         assert root not in roots, f"changing data.synthscapes.{f.name} keeps the cache folder {root}"

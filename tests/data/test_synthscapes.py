@@ -86,6 +86,47 @@ def test_make_styles_ranges_determinism_and_prefix_stability():
         make_styles(0, seed=0)
 
 
+def test_permuted_styles_keep_the_style_draws_and_permute_the_texture_table():
+    shared = make_styles(16, seed=0)
+    permuted = make_styles(16, seed=0, textures="permuted")
+    assert all(s.texture_of == tuple(range(C)) for s in shared)
+    for a, b in zip(shared, permuted):
+        # the same frequencies, angles and colours: only which class wears which texture changes
+        assert (a.name, a.freq_scale, a.angle_offset, a.colours) == (b.name, b.freq_scale, b.angle_offset, b.colours)
+        assert sorted(b.texture_of) == list(range(C))
+    # 16 draws of a permutation of 10: all different, and most classes change texture in most styles
+    assert len({s.texture_of for s in permuted}) == 16
+    moved = np.mean([[t != c for c, t in enumerate(s.texture_of)] for s in permuted])
+    assert moved > 0.7
+    assert make_styles(4, seed=0, textures="permuted") == permuted[:4]
+    assert make_styles(16, seed=1, textures="permuted") != permuted
+    with pytest.raises(ValueError, match=r"textures='random'; expected one of \['shared', 'permuted'\]"):
+        make_styles(2, seed=0, textures="random")
+
+
+def test_permuted_textures_move_the_texture_to_another_class():
+    # a road-only label map: the shared road wears the fine grating (period 4.5 ref px: neighbours jump);
+    # a style that gives the road the sky's texture (period 200: smooth) shades it smoothly
+    style = make_styles(1, seed=0)[0]
+    label = np.full((32, 32), S.ROAD, np.uint8)
+    inst = np.zeros((32, 32), np.int16)
+    inst_colour = np.zeros((1, 3), np.float32)
+    smooth_road = S.Style(style.name, style.freq_scale, style.angle_offset, style.colours,
+                          texture_of=(S.SKY, 1, 2, 3, S.ROAD, 5, 6, 7, 8, 9))
+    grating = S._shade(np.random.default_rng(0), style, label, inst, inst_colour)
+    smooth = S._shade(np.random.default_rng(0), smooth_road, label, inst, inst_colour)
+    assert np.abs(np.diff(grating[16, :, 0])).max() > 0.1
+    assert np.abs(np.diff(smooth[16, :, 0])).max() < 0.025
+
+
+def test_permuted_dataset_has_the_same_masks_and_other_images():
+    shared = list(iter_scenes(6, height=48, width=48, n_styles=4, seed=0))
+    permuted = list(iter_scenes(6, height=48, width=48, n_styles=4, seed=0, style_textures="permuted"))
+    for (k1, img1, m1), (k2, img2, m2) in zip(shared, permuted):
+        assert k1 == k2 and np.array_equal(m1, m2)
+    assert np.mean([(a[1] != b[1]).mean() for a, b in zip(shared, permuted)]) > 0.5
+
+
 def test_image_rng_is_a_function_of_seed_split_index():
     a = image_rng(0, "train", 5).random(4)
     assert np.array_equal(a, image_rng(0, "train", 5).random(4))
@@ -420,7 +461,7 @@ def test_manifest_and_class_counts(small_root: Path):
     assert m["generator"] == GENERATOR_VERSION
     assert m["params"] == {"n_train": 40, "n_val": 8, "height": 64, "width": 64, "n_styles": 4, "seed": 0,
                            "labeled_counts": [8, 16], "boundary_ignore": False,
-                           "tail_scale": 1.0, "labeled_styles": None}
+                           "tail_scale": 1.0, "labeled_styles": None, "style_textures": "shared"}
     counts = np.zeros(256, np.int64)
     for p in (small_root / "gtFine" / "train").glob("*/*.png"):
         counts += np.bincount(load(p).ravel(), minlength=256)
@@ -478,6 +519,7 @@ def test_generation_with_worker_processes_is_identical(tmp_path: Path):
         ({"n_styles": 1.5}, "n_styles=1.5"),
         ({"labeled_counts": (0,)}, r"labeled_counts\[\]=0"),
         ({"seed": None}, "seed=None"),
+        ({"style_textures": "random"}, r"style_textures='random'; expected one of \['shared', 'permuted'\]"),
     ],
 )
 def test_generate_rejects_bad_parameters(tmp_path: Path, override, message):
@@ -522,6 +564,8 @@ def test_ensure_reuses_cache_and_regenerates_on_change(tmp_path: Path, counted):
     ensure_synthscapes(root, **{**TINY, "n_val": 3})
     assert len(counted) == 2 and read_manifest(root)["params"]["n_val"] == 3
     assert len(read_list(root / "splits" / "val.txt")) == 3
+    ensure_synthscapes(root, **{**TINY, "n_val": 3, "style_textures": "permuted"})
+    assert len(counted) == 3 and read_manifest(root)["params"]["style_textures"] == "permuted"
     # no temporary or old folders left next to the dataset (only the lock file)
     assert sorted(p.name for p in root.parent.iterdir()) == [".ds.lock", "ds"]
 
