@@ -16,7 +16,8 @@ cues to the ten classes (a seeded permutation per style): road may wear the wind
 and the fine grating in another. Geometry (layout, shapes, sizes) is shared by every style, so a
 network can only tell the classes of an unseen style apart by where and what shape they are, and the
 texture of a withheld style is information that only its unlabeled images carry (no augmentation
-invents it). ``"shared"`` (the default) keeps the v2 table: every style uses the same class textures.
+invents it). ``"permuted_head"`` permutes only the six head classes' textures (the tail things keep
+theirs). ``"shared"`` (the default) keeps the v2 table: every style uses the same class textures.
 
 On disk the dataset uses the exact Cityscapes layout with style-as-city (§1.1) and UniMatch split
 lists (§2.2, §2.3); see :func:`generate_synthscapes` and :func:`ensure_synthscapes`.
@@ -71,7 +72,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "synthscapes-v2.2"
-STYLE_TEXTURES = ("shared", "permuted")
+STYLE_TEXTURES = ("shared", "permuted", "permuted_head")
 IGNORE_INDEX = 255
 REF_SIZE = 64  # texture periods are given in pixels of a 64-px reference grid (resolution independent)
 MIN_SIZE = 16
@@ -178,6 +179,8 @@ def make_styles(n_styles: int, seed: int, textures: str = "shared") -> list[Styl
     ``textures="permuted"``: style k's ``texture_of`` is a permutation of the 10 texture cues drawn from
     the separate sequence ``(seed, 4, k)`` (so frequencies, angles and colours are those of "shared");
     class c then wears texture ``texture_of[c]`` with its own base period, orientation and amplitude.
+    ``textures="permuted_head"``: the same, but only the six head classes (road .. car) swap textures among
+    themselves; the tail things (pole, sign, person, bicycle) keep theirs in every style.
     """
     if int(n_styles) < 1:
         raise ValueError(f"make_styles: n_styles={n_styles}; expected >= 1")
@@ -190,9 +193,12 @@ def make_styles(n_styles: int, seed: int, textures: str = "shared") -> list[Styl
         angle = rng.uniform(-0.6, 0.6, NUM_CLASSES)
         colour = np.clip(_BASE_COLOURS + rng.normal(0.0, 0.22, _BASE_COLOURS.shape), 0.05, 0.95)
         texture_of = tuple(range(NUM_CLASSES))
-        if textures == "permuted":
+        if textures != "shared":
             perm_rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(_TEXTURE_PERM_KEY, k)))
-            texture_of = tuple(int(v) for v in perm_rng.permutation(NUM_CLASSES))
+            moved = np.arange(NUM_CLASSES) if textures == "permuted" else np.array(SYNTHSCAPES.head)
+            table = np.arange(NUM_CLASSES)
+            table[moved] = moved[perm_rng.permutation(len(moved))]
+            texture_of = tuple(int(v) for v in table)
         styles.append(
             Style(
                 name=style_name(k),
