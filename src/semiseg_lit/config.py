@@ -44,7 +44,8 @@ class SynthscapesConfig:
     # are then seen only in the unlabeled images
     labeled_styles: int | None = None
     # "shared": every style uses the same class textures (v2); "permuted": each style permutes which class
-    # wears which texture, so an unlabeled-only style's textures are information no augmentation invents
+    # wears which texture, so an unlabeled-only style's textures are information no augmentation invents;
+    # "permuted_head": only the head classes swap textures (the tail things keep theirs)
     style_textures: str = "shared"
 
 

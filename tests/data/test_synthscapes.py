@@ -100,7 +100,13 @@ def test_permuted_styles_keep_the_style_draws_and_permute_the_texture_table():
     assert moved > 0.7
     assert make_styles(4, seed=0, textures="permuted") == permuted[:4]
     assert make_styles(16, seed=1, textures="permuted") != permuted
-    with pytest.raises(ValueError, match=r"textures='random'; expected one of \['shared', 'permuted'\]"):
+    # permuted_head: the head classes swap textures among themselves, the tail things keep theirs
+    head_only = make_styles(16, seed=0, textures="permuted_head")
+    for a, b in zip(shared, head_only):
+        assert (a.freq_scale, a.angle_offset, a.colours) == (b.freq_scale, b.angle_offset, b.colours)
+        assert sorted(b.texture_of[:6]) == list(SYNTHSCAPES.head) and b.texture_of[6:] == (6, 7, 8, 9)
+    assert len({s.texture_of for s in head_only}) > 10
+    with pytest.raises(ValueError, match=r"textures='random'; expected one of \['shared', 'permuted', 'permuted_head'\]"):
         make_styles(2, seed=0, textures="random")
 
 
@@ -519,7 +525,7 @@ def test_generation_with_worker_processes_is_identical(tmp_path: Path):
         ({"n_styles": 1.5}, "n_styles=1.5"),
         ({"labeled_counts": (0,)}, r"labeled_counts\[\]=0"),
         ({"seed": None}, "seed=None"),
-        ({"style_textures": "random"}, r"style_textures='random'; expected one of \['shared', 'permuted'\]"),
+        ({"style_textures": "random"}, r"style_textures='random'; expected one of \['shared', 'permuted', 'permuted_head'\]"),
     ],
 )
 def test_generate_rejects_bad_parameters(tmp_path: Path, override, message):
