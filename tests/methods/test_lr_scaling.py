@@ -106,8 +106,8 @@ def test_off_by_default_leaves_groups_and_console_alone(compose_cfg, synth_root,
 def test_training_logs_both_rates_and_trains_with_the_effective_one(compose_cfg, synth_root, tmp_path):
     # global batch 4, 2 accumulated, base 2 -> B = 8, factor 4: head lr 0.1 x 4 = 0.4 at step 0 (poly)
     cfg = compose_cfg(["+experiment=supervised_synthscapes", *tiny_overrides(synth_root, tmp_path),
-                       "method.optim.lr=0.01", "method.optim.head_lr_mult=10", "method.optim.scale_lr_with_batch=true",
-                       "method.optim.base_batch_size=2", "trainer.accumulate_grad_batches=2",
+                       "method.optim.name=sgd", "method.optim.lr=0.01", "method.optim.head_lr_mult=10",
+                       "method.optim.scale_lr_with_batch=true", "method.optim.base_batch_size=2", "trainer.accumulate_grad_batches=2",
                        "trainer.log_every_n_steps=1"])
     run_task(cfg)
     hparams = yaml.safe_load((tmp_path / "csv" / "hparams.yaml").read_text())

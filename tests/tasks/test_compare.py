@@ -42,7 +42,7 @@ def test_only_the_method_differs_between_rows(compose_cfg):
     assert first["trainer"]["max_steps"] == 800 and first["data"]["labeled_batch_size"] == 8
     assert first["data"]["n_labeled"] == 16 and first["model"]["encoder"] == "resnet18"
     # no method brings its own batch, crop or schedule; the lr is each method's own and not rescaled
-    assert [cfgs[m].method.optim.lr for m in METHODS] == [0.01, 0.01, 1e-4]
+    assert [cfgs[m].method.optim.lr for m in METHODS] == [1e-3, 1e-3, 1e-4]
     assert not any(cfgs[m].method.optim.scale_lr_with_batch for m in METHODS)
     # another network for the whole sweep: its model file arrives unchanged (the experiment sets no model key)
     other = compose_cfg(["+experiment=compare_synthscapes", "method=ael", "model=deeplabv3plus_ael"]).model
