@@ -43,7 +43,10 @@ ROWS = {
     "ELN": ["+experiment=eln_synthscapes"],
     "UniMatch V2": ["+experiment=unimatch_v2_synthscapes"],
 }
-DEFAULT_ROWS = ["supervised", "mean-teacher CutMix", "AEL", "ELN"]  # the issue-16 table; UniMatch V2 by --rows
+DEFAULT_ROWS = ["supervised", "mean-teacher CutMix", "AEL", "ELN"]
+# wall time of one run of each row relative to a supervised run (two runs at a time, one thread each, on the
+# 2-core machine; BENCHMARKS.md, session 10: 310 / 781 / 750 / 1306 s). UniMatch V2 not measured: AEL's.
+RUN_COST = {"supervised": 1.0, "mean-teacher CutMix": 2.5, "AEL": 2.4, "ELN": 4.2, "UniMatch V2": 2.4}  # the issue-16 table; UniMatch V2 by --rows
 # the network of every row: the experiments' (ResNet-18 DeepLabV3+) or a tiny random ViT + DPT
 MODELS = {
     "experiment": [],
@@ -105,6 +108,17 @@ def merge(paths: list[Path]) -> dict[str, list[dict]]:
     return {name: sorted(runs, key=lambda m: m["seed"]) for name, runs in results.items() if runs}
 
 
+def job_order(rows: list[str], seeds: list[int], row_seeds: dict[str, list[int]]) -> list[tuple[str, int]]:
+    """Every (row, seed) to train, longest runs first (``RUN_COST``), seeds in order within a row.
+
+    With ``--jobs`` lanes each taking the next job as it frees, longest-first keeps a lane from starting
+    an ELN run while the other has little left: for the four rows x 3 seeds in two lanes it ends at
+    79 min against 87 for the seed-major order (the session-10 run times). An interrupted table keeps
+    whole rows; ``--merge`` joins the rest run later."""
+    jobs = [(name, seed) for name in rows for seed in seeds if seed in row_seeds.get(name, seeds)]
+    return sorted(jobs, key=lambda job: -RUN_COST.get(job[0], 1.0))  # stable: row, then seed order kept
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -132,8 +146,7 @@ def main() -> None:
         if name not in args.rows or not seeds:
             raise SystemExit(f"--row-seeds {item!r}: expected ROW=S[,S...] with ROW one of --rows {args.rows}")
         row_seeds[name] = [int(x) for x in seeds.split(",")]
-    # seed-major: early rows finish together
-    jobs = [(name, seed) for seed in args.seeds for name in args.rows if seed in row_seeds.get(name, args.seeds)]
+    jobs = job_order(args.rows, args.seeds, row_seeds)
     t0 = time.time()
     results: dict[str, list[dict]] = {name: [] for name in args.rows}
 
