@@ -486,6 +486,9 @@ def test_synthscapes_rows_train_random_init_networks_with_adamw_on_8_labels(comp
         assert (o.name, o.lr, o.weight_decay, o.backbone_lr_mult, o.head_lr_mult) == ("adamw", 1e-3, 0.01, 1.0, 1.0), overrides
         assert (o.scheduler, o.poly_power, list(o.betas)) == ("poly", 0.9, [0.9, 0.999]), overrides
         assert cfg.data.n_labeled == 8 and cfg.model.encoder_weights is None, overrides
+    # ELN's error-localisation trunk: ResNet-10t, as accurate as ResNet-18 there and cheaper (BENCHMARKS.md, session 10)
+    eln = compose_cfg(["+experiment=eln_synthscapes"]).method.eln
+    assert (eln.encoder, eln.encoder_weights) == ("tu-resnet10t", None)
     for name in ("ael_voc_92", "supervised_cityscapes_1_8"):
         o = compose_cfg([f"+experiment={name}"]).method.optim
         assert (o.name, o.lr, o.head_lr_mult, o.weight_decay) == ("sgd", 0.01, 10.0, 1e-4), name

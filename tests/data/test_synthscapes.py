@@ -128,7 +128,7 @@ def test_permuted_textures_move_the_texture_to_another_class():
 def test_permuted_dataset_has_the_same_masks_and_other_images():
     shared = list(iter_scenes(6, height=48, width=48, n_styles=4, seed=0))
     permuted = list(iter_scenes(6, height=48, width=48, n_styles=4, seed=0, style_textures="permuted"))
-    for (k1, img1, m1), (k2, img2, m2) in zip(shared, permuted):
+    for (k1, _img1, m1), (k2, _img2, m2) in zip(shared, permuted):
         assert k1 == k2 and np.array_equal(m1, m2)
     assert np.mean([(a[1] != b[1]).mean() for a, b in zip(shared, permuted)]) > 0.5
 

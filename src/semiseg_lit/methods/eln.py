@@ -64,8 +64,8 @@ from semiseg_lit.models.deeplab import SegOutput
 from semiseg_lit.models.eln_net import ErrorLocalizationNet, dropout_disabled
 from semiseg_lit.models.reference_nets import ReferenceELN
 from semiseg_lit.ops.contrastive import pixel_contrastive_loss
-from semiseg_lit.ops.ema import resolve_ema_decay
 from semiseg_lit.ops.eln_targets import aux_decoder_gate, balanced_bce_loss, eln_pseudo_labels, eln_targets
+from semiseg_lit.ops.ema import resolve_ema_decay
 from semiseg_lit.ops.losses import class_argmax
 from semiseg_lit.ops.metrics import segmentation_scores
 from semiseg_lit.ops.sliding_window import center_crop, protocol_probs
