@@ -43,10 +43,10 @@ ROWS = {
     "ELN": ["+experiment=eln_synthscapes"],
     "UniMatch V2": ["+experiment=unimatch_v2_synthscapes"],
 }
-DEFAULT_ROWS = ["supervised", "mean-teacher CutMix", "AEL", "ELN"]
+DEFAULT_ROWS = ["supervised", "mean-teacher CutMix", "AEL", "ELN"]  # the issue-16 table; UniMatch V2 by --rows
 # wall time of one run of each row relative to a supervised run (two runs at a time, one thread each, on the
-# 2-core machine; BENCHMARKS.md, session 10: 310 / 781 / 750 / 1306 s). UniMatch V2 not measured: AEL's.
-RUN_COST = {"supervised": 1.0, "mean-teacher CutMix": 2.5, "AEL": 2.4, "ELN": 4.2, "UniMatch V2": 2.4}  # the issue-16 table; UniMatch V2 by --rows
+# 2-core machine; BENCHMARKS.md, sessions 9-10: 310 / 781 / 750 / 1096 s). UniMatch V2 not measured: AEL's.
+RUN_COST = {"supervised": 1.0, "mean-teacher CutMix": 2.5, "AEL": 2.4, "ELN": 3.5, "UniMatch V2": 2.4}
 # the network of every row: the experiments' (ResNet-18 DeepLabV3+) or a tiny random ViT + DPT
 MODELS = {
     "experiment": [],
@@ -113,7 +113,7 @@ def job_order(rows: list[str], seeds: list[int], row_seeds: dict[str, list[int]]
 
     With ``--jobs`` lanes each taking the next job as it frees, longest-first keeps a lane from starting
     an ELN run while the other has little left: for the four rows x 3 seeds in two lanes it ends at
-    79 min against 87 for the seed-major order (the session-10 run times). An interrupted table keeps
+    79 min against 87 for the seed-major order (run times of sessions 9-10, ELN with a ResNet-18 trunk). An interrupted table keeps
     whole rows; ``--merge`` joins the rest run later."""
     jobs = [(name, seed) for name in rows for seed in seeds if seed in row_seeds.get(name, seeds)]
     return sorted(jobs, key=lambda job: -RUN_COST.get(job[0], 1.0))  # stable: row, then seed order kept
